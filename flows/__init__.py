@@ -1,0 +1,1 @@
+"""Prefect flows, the CLI and the thin glue between config and grpo_core."""
