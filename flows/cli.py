@@ -50,20 +50,26 @@ COMMANDS: dict[str, Command] = {
 
 
 def _common_options(top_level: bool) -> argparse.ArgumentParser:
-    """Options accepted before or after the subcommand. Below the subcommand their defaults
-    are suppressed, so `grpo --set a=1 train` keeps the override (argparse would reset it)."""
-    def default(value):
-        return value if top_level else argparse.SUPPRESS
-
+    """Options accepted before or after the subcommand. They land in separate attributes
+    (argparse would let the subcommand's defaults overwrite the top level's values) and are
+    merged by `_merged_options`."""
+    suffix = "" if top_level else "_sub"
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--params", default=default(DEFAULT_PARAMS), metavar="FILE",
+    common.add_argument("--params", dest="params" + suffix, metavar="FILE",
                         help="config file (default: params.yaml; built-in defaults if absent)")
-    common.add_argument("--set", dest="overrides", action="append", default=default([]),
+    common.add_argument("--set", dest="overrides" + suffix, action="append", default=[],
                         metavar="KEY=VALUE",
                         help="override a config value, e.g. algorithm.beta=0.02 (repeatable)")
-    common.add_argument("--debug", action="store_true", default=default(False),
+    common.add_argument("--debug", dest="debug" + suffix, action="store_true",
                         help="show tracebacks for errors")
     return common
+
+
+def _merged_options(args: argparse.Namespace) -> argparse.Namespace:
+    args.params = args.params_sub or args.params or DEFAULT_PARAMS
+    args.overrides = args.overrides + args.overrides_sub
+    args.debug = args.debug or args.debug_sub
+    return args
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,7 +92,7 @@ def _resolve(target: str) -> Callable[[Config, argparse.Namespace], Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _merged_options(build_parser().parse_args(argv))
     try:
         cfg = load_config(args.params, args.overrides)
         status = _resolve(COMMANDS[args.command].target)(cfg, args)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+import re
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -203,6 +205,26 @@ class Config(Section):
 
 
 # ------------------------------------------------------------------------- loading
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 scalars: `1e-6` is a float (YAML 1.1 reads it as a string) and only
+    true/false are booleans (YAML 1.1 turns yes/no/on/off into booleans)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def _yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path | None = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
     """Read params.yaml (None or a missing default file: built-in defaults), apply
     `key.path=value` overrides, validate. Raises UserError with one line on any mistake."""
@@ -227,8 +249,8 @@ def _read_yaml(path):
         raise UserError(f"config file not found: {p}")
     try:
         text = p.read_text(encoding="utf-8")
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=_Loader)
+        raw = _yaml(text)
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
@@ -258,7 +280,7 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
         raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set algorithm.beta=0.02")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = _yaml(text) if text.strip() else ""
     except yaml.YAMLError:
         raise UserError(f"--set {item!r}: the value is not a valid YAML scalar or list") from None
     return key.strip(), value
@@ -309,10 +331,10 @@ _BOUND_CTX = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt
 
 
 def _location(loc: list[str], lines: dict[str, str], set_by: dict[str, str], where: str) -> str:
-    for n in range(1, len(loc) + 1):  # an override of this key or a parent wins
-        hit = set_by.get(".".join(loc[:n]))
-        if hit:
-            return hit
+    key = ".".join(loc)
+    for override, label in set_by.items():  # an override of this key, a parent or a child wins
+        if key == override or key.startswith(override + ".") or override.startswith(key + "."):
+            return label
     for n in range(len(loc), 0, -1):  # else the deepest key with a known line
         hit = lines.get(".".join(loc[:n]))
         if hit:

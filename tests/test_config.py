@@ -1,0 +1,229 @@
+"""The config tree: every validation rule, with its exact one-line message, and the override path."""
+
+from __future__ import annotations
+
+import re
+import typing
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from grpo_core.config import Config, load_config
+from grpo_core.errors import UserError
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (override, exact message). Each constrained field of the tree appears at least once
+# (test_every_rule_has_a_case checks that), so a new rule cannot land untested.
+RULES = [
+    ("data.train=[]", "data.train must not be empty"),
+    ("data.train=[{name: ''}]", "data.train.0.name must not be empty"),
+    ("data.train=[{name: gsm8k, split: ''}]", "data.train.0.split must not be empty"),
+    ("data.train=[{name: gsm8k, rows: 0}]", "data.train.0.rows must be >= 1, got 0"),
+    ("data.prompt.few_shot=-1", "data.prompt.few_shot must be >= 0, got -1"),
+    ("data.prompt.few_shot=9", "data.prompt.few_shot must be <= 8, got 9"),
+    ("validate.min_question_chars=0", "validate.min_question_chars must be >= 1, got 0"),
+    ("validate.max_question_chars=0", "validate.max_question_chars must be >= 1, got 0"),
+    ("validate.min_question_chars=9000",
+     "validate: min_question_chars must be <= max_question_chars"),
+    ("validate.sample_rows=0", "validate.sample_rows must be >= 1, got 0"),
+    ("checkpoint.source=", "checkpoint.source must not be empty"),
+    ("rollout.engine=sglang", "rollout.engine must be one of 'vllm' or 'hf', got 'sglang'"),
+    ("rollout.prompts_per_iteration=0", "rollout.prompts_per_iteration must be >= 1, got 0"),
+    ("rollout.group_size=1", "rollout.group_size must be >= 2, got 1"),
+    ("rollout.temperature=0", "rollout.temperature must be > 0.0, got 0"),
+    ("rollout.top_p=0", "rollout.top_p must be > 0.0, got 0"),
+    ("rollout.top_p=1.5", "rollout.top_p must be <= 1.0, got 1.5"),
+    ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be >= 1, got 0"),
+    ("rollout.max_prompt_tokens=0", "rollout.max_prompt_tokens must be >= 1, got 0"),
+    ("rollout.overlong_prompts=drop",
+     "rollout.overlong_prompts must be one of 'skip' or 'truncate', got 'drop'"),
+    ("rollout.dtype=int8",
+     "rollout.dtype must be one of 'bfloat16', 'float32' or 'float16', got 'int8'"),
+    ("rollout.cpu_kv_cache_gib=0", "rollout.cpu_kv_cache_gib must be > 0.0, got 0"),
+    ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization must be > 0.0, got 0"),
+    ("rollout.gpu_memory_utilization=1.1",
+     "rollout.gpu_memory_utilization must be <= 1.0, got 1.1"),
+    ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size must be >= 1, got 0"),
+    ("reward.functions={}", "reward.functions must not be empty"),
+    ("reward.timeout_s=0", "reward.timeout_s must be > 0.0, got 0"),
+    ("reward.overlong_buffer=0", "reward.overlong_buffer must be >= 1, got 0"),
+    ("algorithm.advantage=ppo",
+     "algorithm.advantage must be one of 'grpo', 'dr_grpo', 'rloo' or 'batch_std', got 'ppo'"),
+    ("algorithm.eps=0", "algorithm.eps must be > 0.0, got 0"),
+    ("algorithm.loss_aggregation=sum",
+     "algorithm.loss_aggregation must be one of 'seq_mean_token_mean', 'token_mean' or "
+     "'seq_mean_token_sum_norm', got 'sum'"),
+    ("algorithm.ratio_level=batch",
+     "algorithm.ratio_level must be one of 'token' or 'sequence', got 'batch'"),
+    ("algorithm.beta=-0.1", "algorithm.beta must be >= 0.0, got -0.1"),
+    ("algorithm.clip_low=0", "algorithm.clip_low must be > 0.0, got 0"),
+    ("algorithm.clip_low=1", "algorithm.clip_low must be < 1.0, got 1"),
+    ("algorithm.clip_high=-0.2", "algorithm.clip_high must be > 0.0, got -0.2"),
+    ("algorithm.mu=0", "algorithm.mu must be >= 1, got 0"),
+    ("algorithm.tis_cap=0", "algorithm.tis_cap must be > 0.0, got 0"),
+    ("algorithm.ref_refresh_every=-1", "algorithm.ref_refresh_every must be >= 0, got -1"),
+    ("train.iterations=0", "train.iterations must be >= 1, got 0"),
+    ("train.learning_rate=-1e-6", "train.learning_rate must be >= 0.0, got -1e-06"),
+    ("train.warmup_iterations=-1", "train.warmup_iterations must be >= 0, got -1"),
+    ("train.lr_schedule=step",
+     "train.lr_schedule must be one of 'constant', 'cosine' or 'linear', got 'step'"),
+    ("train.weight_decay=-0.1", "train.weight_decay must be >= 0.0, got -0.1"),
+    ("train.max_grad_norm=0", "train.max_grad_norm must be > 0.0, got 0"),
+    ("train.micro_batch_size=0", "train.micro_batch_size must be >= 1, got 0"),
+    ("train.autocast=float16",
+     "train.autocast must be one of 'bfloat16' or 'float32', got 'float16'"),
+    ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+    ("train.lora.r=0", "train.lora.r must be >= 1, got 0"),
+    ("train.lora.alpha=0", "train.lora.alpha must be >= 1, got 0"),
+    ("train.lora.dropout=-0.1", "train.lora.dropout must be >= 0.0, got -0.1"),
+    ("train.lora.dropout=1", "train.lora.dropout must be < 1.0, got 1"),
+    ("evaluate.datasets=[]", "evaluate.datasets must not be empty"),
+    ("evaluate.max_new_tokens=0", "evaluate.max_new_tokens must be >= 1, got 0"),
+    ("evaluate.samples=0", "evaluate.samples must be >= 1, got 0"),
+    ("evaluate.temperature=0", "evaluate.temperature must be > 0.0, got 0"),
+    ("tracking.experiment=", "tracking.experiment must not be empty"),
+    ("tracking.sample_table_rows=-1", "tracking.sample_table_rows must be >= 0, got -1"),
+]
+
+TYPES = [
+    ("train.iterations=abc", "train.iterations must be a valid integer, got 'abc'"),
+    ("train.iterations=1.5", "train.iterations must be a valid integer, got 1.5"),
+    ("train.iterations=true", "train.iterations must be a valid integer, got True"),
+    ("algorithm.beta=yes", "algorithm.beta must be a valid number, got 'yes'"),
+    ("algorithm.beta.x=1", "algorithm.beta must be a valid number, got {'x': 1}"),
+    ("checkpoint.trust_remote_code=1",
+     "checkpoint.trust_remote_code must be a valid boolean, got 1"),
+    ("rollout.stop=[a, 1]", "rollout.stop.1 must be a valid string, got 1"),
+    ("train.adam_betas=[0.9]", "train.adam_betas.1 is required"),
+    ("train=3", "train must be a mapping of keys, got 3"),
+]
+
+
+@pytest.mark.parametrize("override, message", RULES + TYPES)
+def test_override_rejected_with_exact_message(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert str(err.value) == f"--set {override}: {message}"
+
+
+def _constrained_fields(model: type[BaseModel] = Config, prefix: str = "", seen=None):
+    """Yield dotted names of fields carrying a bound, a length rule or a fixed set of choices.
+    A section class used twice (DatasetSpec) is walked once, at its first place."""
+    seen = set() if seen is None else seen
+    seen.add(model)
+    for name, field in model.model_fields.items():
+        key = prefix + (field.alias or name)
+        if field.metadata or typing.get_origin(field.annotation) is typing.Literal:
+            yield key
+        for arg in (field.annotation, *typing.get_args(field.annotation)):
+            if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
+                yield from _constrained_fields(arg, key + ".", seen)
+
+
+def test_every_rule_has_a_case():
+    # a rule is covered when its key is overridden directly or named by a message
+    keys = [o.split("=")[0] for o, _ in RULES] + [m.split()[0].rstrip(":") for _, m in RULES]
+    covered = {re.sub(r"\.\d+", "", key) for key in keys}
+    missing = sorted(set(_constrained_fields()) - covered)
+    assert not missing, f"rules without an exact-message test: {missing}"
+
+
+def test_unknown_keys_name_the_allowed_ones():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["algorithm.betta=0.1"])
+    assert str(err.value).startswith("--set algorithm.betta=0.1: unknown key 'algorithm.betta' "
+                                     "(allowed here: advantage, beta, clip_high, clip_low,")
+    with pytest.raises(UserError) as err:
+        load_config(None, ["data.train=[{name: gsm8k, rowz: 3}]"])
+    assert str(err.value).endswith(
+        "unknown key 'data.train.0.rowz' (allowed here: name, rows, split)")
+    with pytest.raises(UserError) as err:
+        load_config(None, ["trainer.iterations=3"])
+    assert "unknown key 'trainer' (allowed here: algorithm, checkpoint, data, evaluate," in str(
+        err.value)
+
+
+def test_file_errors_name_file_and_line(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("algorithm:\n  beta: 0.1\n  clip_low: 0.2\n  betta: 3\n")
+    with pytest.raises(UserError, match=rf"^{p}:4: unknown key 'algorithm.betta'"):
+        load_config(p)
+    p.write_text("rollout:\n  group_size: 1\n")
+    with pytest.raises(UserError) as err:
+        load_config(p)
+    assert str(err.value) == f"{p}:2: rollout.group_size must be >= 2, got 1"
+    p.write_text("rollout:\n  stop: [a\n")
+    with pytest.raises(UserError, match=rf"^{p}:3: not valid YAML: "):
+        load_config(p)
+    p.write_text("- a\n- b\n")
+    with pytest.raises(UserError) as err:
+        load_config(p)
+    assert str(err.value) == f"{p}: the top level must be a mapping of sections, got list"
+    p.write_bytes(b"rollout:\n  stop: ['\xff']\n")
+    with pytest.raises(UserError, match=rf"^{p}: not valid YAML"):
+        load_config(p)
+    with pytest.raises(UserError) as err:
+        load_config(tmp_path / "nope.yaml")
+    assert str(err.value) == f"config file not found: {tmp_path / 'nope.yaml'}"
+
+
+def test_malformed_overrides():
+    for bad in ["algorithm.beta", "=3", "a..b=1", ".x=1"]:
+        with pytest.raises(UserError) as err:
+            load_config(None, [bad])
+        assert str(err.value) == (f"--set {bad!r}: expected KEY.PATH=VALUE, "
+                                  "e.g. --set algorithm.beta=0.02")
+    with pytest.raises(UserError) as err:
+        load_config(None, ["algorithm.beta=1", "algorithm.beta.x=1"])
+    assert str(err.value) == "--set algorithm.beta.x=1: algorithm.beta is not a section"
+
+
+def test_yaml_1_2_scalars():
+    """`1e-6` is a number and `yes` is not a boolean, in the file and in overrides."""
+    cfg = load_config(None, ["train.learning_rate=1e-6", "algorithm.beta=4E-2",
+                             "rollout.stop=[yes, 'no']"])
+    assert cfg.train.learning_rate == 1e-6 and cfg.algorithm.beta == 0.04
+    assert cfg.rollout.stop == ("yes", "no")
+
+
+def test_overrides_apply_in_order_and_keep_types(tmp_path):
+    cfg = load_config(None, ["algorithm.beta=0.02", "rollout.group_size=16",
+                             "rollout.stop=['</s>', '####']", "algorithm.beta=0.04",
+                             "data.train=[{name: gsm8k, rows: 100}, {name: math, rows: 50}]"])
+    assert cfg.algorithm.beta == 0.04
+    assert cfg.rollout.group_size == 16
+    assert cfg.rollout.stop == ("</s>", "####")
+    assert [(d.name, d.split, d.rows) for d in cfg.data.train] == [
+        ("gsm8k", "train", 100), ("math", "train", 50)]
+    # an override beats the file, and an int is accepted where a float belongs
+    p = tmp_path / "params.yaml"
+    p.write_text("algorithm:\n  beta: 0.1\n")
+    assert load_config(p, ["algorithm.beta=1"]).algorithm.beta == 1.0
+
+
+def test_tree_is_frozen_and_flattens_for_mlflow():
+    cfg = load_config(None)
+    with pytest.raises(Exception):
+        cfg.algorithm.beta = 1.0  # type: ignore[misc]
+    flat = cfg.flat()
+    assert flat["algorithm.beta"] == cfg.algorithm.beta
+    assert flat["validate.report"] == cfg.validate_.report
+    assert "data.prompt.instruction" in flat
+
+
+def test_repository_params_yaml_is_valid_and_complete():
+    cfg = load_config(REPO / "params.yaml")
+    # params.yaml spells out every key, so a user sees every knob in one file
+    written = set(load_config_dict(REPO / "params.yaml"))
+    assert written == set(Config().flat()), "params.yaml and the config tree list different keys"
+    assert cfg.to_dict()["validate"]["report"] == cfg.validate_.report
+
+
+def load_config_dict(path: Path) -> dict:
+    import yaml
+
+    from grpo_core.config import _flatten
+
+    return dict(_flatten(yaml.safe_load(path.read_text())))
