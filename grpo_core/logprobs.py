@@ -1,0 +1,117 @@
+"""Per-token log-probabilities of completion tokens under a causal LM, memory-lean.
+
+Layout (see `grpo_core.batch`): the completion tokens are the LAST `T` columns of
+`input_ids` (prompts left-padded, completions right-padded), and `completion_mask (B, T)`
+marks the real ones. The logit that predicts column `L - T + t` sits at column
+`L - T + t - 1`, so one slice of the backbone's hidden states covers every completion token.
+
+Why not `model(...).logits.log_softmax(-1)`: with vocabularies of 50k-150k, a float32
+`(B, L, V)` log-softmax for 32 x 400 tokens is gigabytes, twice over with its gradient. Here
+the backbone runs once, the hidden states of the real completion tokens are gathered
+(padding costs nothing), and the LM head + logsumexp + gather run in chunks of tokens under
+activation checkpointing, so at most one chunk's `(N, V)` logits is alive, forward or
+backward. Logits are divided by the sampling temperature so that the trainer scores the
+distribution the sampler drew from (vLLM applies the temperature before sampling).
+Position ids are derived from the attention mask: left padding must not shift positions
+(the sampler saw the prompt unpadded).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+DEFAULT_CHUNK_TOKENS = 1024
+
+
+def position_ids_for(attention_mask: Tensor) -> Tensor:
+    """`(B, L)` mask -> `(B, L)` positions counting only real tokens (0 on left padding)."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def _head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, Optional[float]]:
+    """(backbone, lm_head, final logit softcap or None) of a transformers causal LM
+    (or a peft wrapper of one)."""
+    backbone = model.get_decoder()
+    head = model.get_output_embeddings()
+    cap = getattr(getattr(model, "config", None), "final_logit_softcapping", None)
+    return backbone, head, cap
+
+
+def _chunk_logp(hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float,
+                cap: Optional[float], with_entropy: bool) -> tuple[Tensor, Tensor]:
+    """hidden `(N, H)`, targets `(N,)` -> logp `(N,)` float32, entropy `(N,)` (or empty)."""
+    logits = head(hidden).float()  # (N, V): float32 for an accurate logsumexp
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)  # (N,)
+    logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
+    if not with_entropy:
+        return logp, logp.new_zeros(0)
+    with torch.no_grad():  # entropy is a metric, never differentiated
+        probs = torch.softmax(logits, dim=-1)
+        entropy = lse - (probs * logits).sum(dim=-1)
+    return logp, entropy
+
+
+def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                   completion_mask: Tensor, *, temperature: float = 1.0,
+                   with_entropy: bool = False, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
+                   ) -> Tensor | tuple[Tensor, Tensor]:
+    """log pi(o_t | q, o_<t) for the completion tokens.
+
+    input_ids, attention_mask: `(B, L)`; completion_mask: `(B, T)`, aligned with the last T
+    columns of input_ids. Returns logp `(B, T)` float32 (0 where the mask is 0), and with
+    `with_entropy` also the per-token entropy `(B, T)` (detached, 0 where masked).
+    Differentiable when grad is enabled.
+    """
+    b, length = input_ids.shape
+    t = completion_mask.shape[1]
+    if t >= length:
+        raise ValueError(f"need at least one prompt token: input is {length} wide, completions {t}")
+    backbone, head, cap = _head_parts(model)
+    out = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_for(attention_mask), use_cache=False)
+    hidden = out[0][:, length - t - 1:length - 1]  # (B, T, H): states that predict completions
+    on = completion_mask.bool()  # (B, T)
+    picked = hidden[on]  # (N, H), only real completion tokens
+    targets = input_ids[:, length - t:][on]  # (N,)
+    logp_parts, ent_parts = [], []
+    use_ckpt = torch.is_grad_enabled() and picked.requires_grad
+    for start in range(0, picked.shape[0], chunk_tokens):
+        args = (picked[start:start + chunk_tokens], targets[start:start + chunk_tokens], head,
+                temperature, cap, with_entropy)
+        if use_ckpt:  # keep only the chunk's hidden states; recompute logits in backward
+            lp, ent = checkpoint(_chunk_logp, *args, use_reentrant=False)
+        else:
+            lp, ent = _chunk_logp(*args)
+        logp_parts.append(lp)
+        ent_parts.append(ent)
+    logp = _scatter(logp_parts, on, hidden)
+    if not with_entropy:
+        return logp
+    return logp, _scatter(ent_parts, on, hidden).detach()
+
+
+def _scatter(parts: list[Tensor], on: Tensor, like: Tensor) -> Tensor:
+    """Put `(N,)` values back into a zero `(B, T)` float32 tensor at the mask's positions."""
+    out = torch.zeros(on.shape, dtype=torch.float32, device=like.device)
+    if parts:
+        out = out.masked_scatter(on, torch.cat(parts))
+    return out
+
+
+def naive_token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
+                         completion_mask: Tensor, *, temperature: float = 1.0) -> Tensor:
+    """Reference: full `(B, T, V)` float32 log-softmax. For tests and the benchmark only."""
+    length, t = input_ids.shape[1], completion_mask.shape[1]
+    logits = model(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids_for(attention_mask), use_cache=False).logits
+    logits = logits[:, length - t - 1:length - 1].float() / temperature  # (B, T, V)
+    logp = torch.log_softmax(logits, dim=-1)
+    picked = logp.gather(2, input_ids[:, length - t:].unsqueeze(2)).squeeze(2)  # (B, T)
+    return picked * completion_mask.to(picked.dtype)

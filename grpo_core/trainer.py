@@ -1,0 +1,218 @@
+"""The GRPO update step: one `Learner.update(batch)` per iteration of the RL loop.
+
+An iteration (DeepSeekMath, arXiv 2402.03300, Algorithm 1, inner loop) runs `mu` epochs over
+the same rollouts; each epoch is ONE optimizer step whose gradient is accumulated over
+micro-batches. The per-token weights of the chosen reduction are computed over the whole
+batch first (`grpo_core.losses.token_weights`), so the accumulated gradient equals the
+full-batch gradient for every aggregation mode.
+
+Choices that depart from or refine the paper:
+- `old_logp` is not a separate forward pass: the policy is unchanged during epoch 0, so the
+  epoch-0 log-probs (detached) ARE pi_old; they are stored and reused for epochs 1..mu-1.
+  With mu = 1 the ratio is exactly 1 and the step is REINFORCE with the group baseline.
+- The reference forward is skipped entirely when beta = 0. With beta > 0 and no reference
+  given, the reference is a frozen copy of the initial policy (with LoRA: the policy with
+  its adapters disabled, no copy). `ref_refresh_every = K` copies the policy into the
+  reference every K iterations (the paper's iterative GRPO, section 4.1.3).
+- TIS (`tis_cap`): each token's policy-gradient term is weighted by
+  min(exp(old_logp_trainer - logp_sampler), cap) when the batch carries sampler log-probs.
+- `mask_truncated` drops completions that hit the token budget (DAPO's overlong filtering,
+  arXiv 2503.14476) from the loss and from every normaliser.
+- A non-finite loss or gradient norm skips the optimizer step (counted in `skipped`).
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator, Optional
+
+import torch
+from torch import Tensor, nn
+
+from grpo_core.batch import RolloutBatch
+from grpo_core.logprobs import token_logprobs
+from grpo_core.losses import policy_loss, token_weights
+from grpo_core.optim import UpdateHyper, make_optimizer
+from grpo_core.weights import apply_lora, hf_weights, is_peft, save_hf_dir
+
+_LORA_REF = "adapters-disabled"  # the reference is the policy with LoRA switched off
+
+
+class Learner:
+    """Owns the policy, its optimizer and schedule, and the reference model."""
+
+    def __init__(self, policy: nn.Module, hyper: UpdateHyper,
+                 reference: Optional[nn.Module] = None):
+        self.hyper = hyper
+        self.model = (apply_lora(policy, hyper.lora_r, hyper.lora_alpha, hyper.lora_dropout,
+                                 hyper.lora_target_modules) if hyper.lora_enabled else policy)
+        self.device = next(policy.parameters()).device
+        self.reference = self._make_reference(reference) if hyper.beta > 0 else None
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer, self.scheduler = make_optimizer(self.params, hyper)
+        self.iteration = 0
+
+    def _make_reference(self, reference: Optional[nn.Module]):
+        if reference is None and is_peft(self.model):
+            if self.hyper.ref_refresh_every:
+                raise ValueError("ref_refresh_every needs LoRA off or an explicit reference model")
+            return _LORA_REF
+        ref = reference if reference is not None else copy.deepcopy(self.model)
+        ref.eval().requires_grad_(False)
+        return ref
+
+    # ------------------------------------------------------------------ the update
+    def update(self, batch: RolloutBatch) -> dict[str, float]:
+        """One GRPO iteration on a batch of rollouts -> metrics (plain floats)."""
+        h = self.hyper
+        batch = batch.to(self.device)
+        mask = batch.completion_mask  # (B, T)
+        if h.mask_truncated:
+            mask = mask * (~batch.truncated).unsqueeze(1).to(mask.dtype)
+        weights = token_weights(mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
+        chunks = torch.arange(batch.size, device=self.device).split(h.micro_batch_size)
+        start = time.perf_counter()
+        ref = self._reference_logp(batch, mask, chunks)  # (B, T) or None
+        ref_s = time.perf_counter() - start
+        state = {"old": torch.zeros_like(weights), "isw": torch.ones_like(weights)}
+        sums: dict[str, float] = defaultdict(float)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.model.train()
+        for epoch in range(h.mu):
+            self._epoch(batch, mask, weights, ref, chunks, epoch, state, sums)
+        self.scheduler.step()
+        self.iteration += 1
+        if (h.ref_refresh_every and self.iteration % h.ref_refresh_every == 0
+                and self.reference is not None):
+            self.refresh_reference()
+        return self._summary(sums, mask, lr, ref_s, time.perf_counter() - start - ref_s)
+
+    def _epoch(self, batch, mask, weights, ref, chunks, epoch, state, sums) -> None:
+        """Accumulate the full-batch gradient over micro-batches, then one optimizer step."""
+        h = self.hyper
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum = torch.zeros((), device=self.device)
+        for idx in chunks:
+            mb = batch.rows(idx)
+            w = mb.completion_len
+            mb_mask = mask[idx][:, :w]  # (b, w)
+            if mb_mask.sum() == 0:
+                continue
+            with self._autocast():
+                logp, entropy = token_logprobs(self.model, mb.input_ids, mb.attention_mask,
+                                               mb_mask, temperature=h.temperature,
+                                               with_entropy=True, chunk_tokens=h.chunk_tokens)
+            if epoch == 0:  # the policy has not moved yet: these are pi_old's log-probs
+                state["old"][idx, :w] = logp.detach()
+                if h.tis_cap and mb.sampler_logp is not None:
+                    gap = (logp.detach() - mb.sampler_logp) * mb_mask
+                    state["isw"][idx, :w] = torch.exp(gap).clamp(max=h.tis_cap)
+            loss_tok, m = policy_loss(
+                logp, state["old"][idx][:, :w], mb.advantages, mb_mask,
+                ref_logp=None if ref is None else ref[idx][:, :w], beta=h.beta,
+                clip_low=h.clip_low, clip_high=h.clip_high, ratio_level=h.ratio_level,
+                is_weight=state["isw"][idx][:, :w] if h.tis_cap else None)
+            loss = (loss_tok * weights[idx][:, :w]).sum()
+            loss.backward()
+            loss_sum += loss.detach()
+            _accumulate(sums, m, entropy, mb_mask)
+        self._step(loss_sum, sums)
+
+    def _step(self, loss_sum: Tensor, sums: dict[str, float]) -> None:
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm)
+        sums["loss"] += float(loss_sum)
+        sums["epochs"] += 1
+        if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            sums["skipped"] += 1
+            return
+        sums["grad_norm"] += float(norm)
+        self.optimizer.step()
+
+    def _reference_logp(self, batch, mask, chunks) -> Optional[Tensor]:
+        if self.reference is None:
+            return None
+        out = torch.zeros_like(mask)  # (B, T)
+        with torch.no_grad(), self._autocast():
+            for idx in chunks:
+                mb = batch.rows(idx)
+                w = mb.completion_len
+                out[idx, :w] = self._ref_forward(mb, mask[idx][:, :w])
+        return out
+
+    def _ref_forward(self, mb: RolloutBatch, mb_mask: Tensor) -> Tensor:
+        args = (mb.input_ids, mb.attention_mask, mb_mask)
+        if self.reference is _LORA_REF:
+            was_training = self.model.training
+            self.model.eval()
+            with self.model.disable_adapter():
+                out = token_logprobs(self.model, *args, temperature=self.hyper.temperature)
+            self.model.train(was_training)
+            return out
+        return token_logprobs(self.reference, *args, temperature=self.hyper.temperature)
+
+    def _autocast(self):
+        on = self.hyper.autocast == "bfloat16"
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+
+    def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:
+        tokens = max(sums.pop("tokens", 0.0), 1.0)
+        epochs = max(sums.get("epochs", 1.0), 1.0)
+        steps = max(epochs - sums.get("skipped", 0.0), 1.0)
+        out = {k: sums.get(k, 0.0) / tokens
+               for k in ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl", "entropy")}
+        out.update(loss=sums.get("loss", 0.0) / epochs, grad_norm=sums.get("grad_norm", 0.0) / steps,
+                   ratio_min=sums.get("ratio_min", 1.0), ratio_max=sums.get("ratio_max", 1.0),
+                   lr=lr, skipped=sums.get("skipped", 0.0), optimizer_steps=epochs,
+                   tokens=float(mask.sum()), ref_seconds=ref_s, update_seconds=update_s)
+        return out
+
+    # ------------------------------------------------------------------ weights and state
+    def refresh_reference(self) -> None:
+        """Copy the current policy into the reference (iterative GRPO)."""
+        if self.reference is None:
+            return
+        if self.reference is _LORA_REF:
+            raise RuntimeError("ref_refresh_every needs LoRA off or an explicit reference model")
+        with torch.no_grad():
+            self.reference.load_state_dict(dict(hf_weights(self.model)))
+
+    def sync_weights(self) -> Iterator[tuple[str, Tensor]]:
+        """(HF name, tensor) pairs for the sampler's `load_weights` (LoRA merged in)."""
+        return hf_weights(self.model)
+
+    def save_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
+        return save_hf_dir(self.model, out_dir, tokenizer)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: model, optimizer, schedule, iteration, RNG."""
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "iteration": self.iteration,
+                 "rng": torch.get_rng_state()}
+        if isinstance(self.reference, nn.Module) and self.hyper.ref_refresh_every:
+            state["reference"] = self.reference.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.iteration = int(state["iteration"])
+        torch.set_rng_state(state["rng"])
+        if "reference" in state and isinstance(self.reference, nn.Module):
+            self.reference.load_state_dict(state["reference"])
+
+
+def _accumulate(sums: dict[str, float], m: dict[str, Tensor], entropy: Tensor,
+                mask: Tensor) -> None:
+    """Token-weighted sums of a micro-batch's metrics (means are taken in `_summary`)."""
+    n = float(mask.sum())
+    sums["tokens"] += n
+    for key in ("clip_frac_low", "clip_frac_high", "ratio_mean", "kl"):
+        sums[key] += float(m[key]) * n
+    sums["entropy"] += float((entropy * mask).sum())
+    sums["ratio_min"] = min(sums.get("ratio_min", float("inf")), float(m["ratio_min"]))
+    sums["ratio_max"] = max(sums.get("ratio_max", float("-inf")), float(m["ratio_max"]))
