@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -46,6 +47,23 @@ def show_config(cfg: Config, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "config": Command("print the resolved config (params.yaml + --set overrides)",
                       "flows.cli:show_config"),
+    "prepare": Command("load GSM8K/MATH, normalise to data/processed/*.parquet", "flows.prepare:cli"),
+    "validate": Command("run the Great Expectations suites on the processed data", "flows.validate:cli"),
+    "train": Command("GRPO training: rollouts, rewards, updates, checkpoints (a Prefect flow)",
+                     "flows.train:cli",
+                     (arg("--resume", action="store_true",
+                          help="continue from the last completed iteration in the same MLflow run"),
+                      arg("--no-eval", action="store_true",
+                          help="skip the final evaluation (the DVC pipeline runs it as a stage)"))),
+    "evaluate": Command("evaluate a checkpoint on GSM8K and MATH-500 (a Prefect flow)",
+                        "flows.evaluate:cli",
+                        (arg("--checkpoint", default="models/grpo/final", metavar="DIR",
+                             help="HF model directory (default: %(default)s)"),)),
+    "pipeline": Command("run every stage end to end (what `make run` runs)", "flows.pipeline:cli"),
+    "serve": Command("serve the pipeline as a Prefect deployment on a cron schedule",
+                     "flows.serve:cli",
+                     (arg("--cron", required=True, help='cron expression, e.g. "0 3 * * *"'),
+                      arg("--name", default="nightly", help="deployment name (default: %(default)s)"))),
 }
 
 
@@ -91,8 +109,21 @@ def _resolve(target: str) -> Callable[[Config, argparse.Namespace], Any]:
     return getattr(importlib.import_module(module), name)
 
 
+class _NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed task's traceback itself; for a user's mistake the one line that
+    the CLI prints is the whole story, so the traceback is dropped (kept with --debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], UserError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _merged_options(build_parser().parse_args(argv))
+    if not args.debug:
+        for name in ("prefect.flow_runs", "prefect.task_runs"):
+            logging.getLogger(name).addFilter(_NoUserErrorTraceback())
     try:
         cfg = load_config(args.params, args.overrides)
         status = _resolve(COMMANDS[args.command].target)(cfg, args)

@@ -36,10 +36,11 @@ class Section(BaseModel):
 
 # ----------------------------------------------------------------------------- data
 class DatasetSpec(Section):
-    """One dataset of a mixture: `name` is gsm8k, math or math500 (or a user file's stem)."""
+    """One dataset split: `name` is a key of grpo_core.data.SOURCES (your own files go in the
+    same layout under data.dir, as .jsonl, .json or .parquet)."""
 
-    name: str = Field(min_length=1)
-    split: str = Field(default="train", min_length=1)
+    name: Literal["gsm8k", "math", "math500"]
+    split: Literal["train", "test"] = "train"
     rows: Optional[int] = Field(default=None, ge=1)  # None = every row
 
 
@@ -49,7 +50,7 @@ class PromptConfig(Section):
         "Solve the problem step by step. At the end, write the final answer as a number "
         "on its own line after '####'."
     )
-    few_shot: int = Field(default=0, ge=0, le=8)
+    few_shot: int = Field(default=0, ge=0, le=8)  # worked examples from the first training set
 
 
 class DataConfig(Section):
@@ -59,6 +60,8 @@ class DataConfig(Section):
         default=(DatasetSpec(name="gsm8k", split="train"),), min_length=1
     )
     seed: int = 0
+    # drop training rows whose question also appears in an evaluation set (after prepare)
+    decontaminate: bool = False
     prompt: PromptConfig = PromptConfig()
 
 
@@ -67,6 +70,7 @@ class ValidateConfig(Section):
     min_question_chars: int = Field(default=10, ge=1)
     max_question_chars: int = Field(default=8000, ge=1)
     report: str = "metrics/validation.json"
+    data_docs: Optional[str] = "reports/data_docs"  # GX Data Docs HTML; null = none
     sample_rows: int = Field(default=5, ge=1)
 
     @model_validator(mode="after")
@@ -113,7 +117,9 @@ class RewardConfig(Section):
     )
     timeout_s: float = Field(default=5.0, gt=0.0)
     overlong_buffer: int = Field(default=64, ge=1)  # soft_overlong: DAPO's L_cache
+    answer_format: Literal["hashes", "boxed"] = "hashes"  # what `format` rewards
     reward_model: Optional[str] = None  # local dir of a sequence-classification model
+    reward_model_batch_size: int = Field(default=8, ge=1)
 
 
 # ------------------------------------------------------------------------ algorithm
@@ -167,6 +173,7 @@ class EvaluateConfig(Section):
     )
     max_new_tokens: int = Field(default=256, ge=1)
     samples: int = Field(default=1, ge=1)  # k for maj@k / pass@k; 1 = greedy only
+    quick_rows: int = Field(default=32, ge=1)  # per dataset, for the evaluation every K iterations
     temperature: float = Field(default=0.6, gt=0.0)
     output: str = "metrics/eval.json"
 

@@ -76,3 +76,72 @@ def breakdown(correct: torch.Tensor, groups: Sequence[object]) -> dict[str, dict
         out[label] = {"accuracy": correct[rows, 0].double().mean().item(),
                       "count": float(rows.sum())}
     return out
+
+
+# ------------------------------------------------------------------------------ runner
+def vote_key(completion: str, source: str) -> str | None:
+    """The normalised final answer that maj@k votes on (None: no answer to vote for)."""
+    from grpo_core.answers import extract_number_answer, last_boxed, to_number
+
+    if source == "gsm8k":
+        text = extract_number_answer(completion)
+        number = to_number(text) if text is not None else None
+        return None if number is None else str(number)
+    boxed = last_boxed(completion)
+    return None if boxed is None else "".join(boxed.split())
+
+
+def check_all(completions: Sequence[str], golds: Sequence[str], sources: Sequence[str],
+              time_limit_s: float) -> list[bool]:
+    """Correctness of each completion; a check that raises or exceeds its limit is wrong."""
+    from grpo_core.answers import is_correct
+    from grpo_core.rewards import call_with_limit
+
+    out = []
+    for text, gold, source in zip(completions, golds, sources, strict=True):
+        try:
+            out.append(bool(call_with_limit(lambda: is_correct(text, gold, source), time_limit_s)))
+        except Exception:  # noqa: BLE001 - a failed check scores as wrong, like the reward
+            out.append(False)
+    return out
+
+
+def evaluate_frame(engine, prompts: Sequence[str], frame, *, max_new_tokens: int,
+                   samples: int, temperature: float, time_limit_s: float = 5.0,
+                   seed: int = 0) -> tuple[dict, list[dict]]:
+    """Greedy pass@1, and with samples > 1 sampled pass@k / maj@k, on one dataset.
+
+    prompts: P rendered prompts for the P rows of `frame` (processed schema). Returns
+    (metrics with breakdowns by level and subject where present, one record per problem).
+    """
+    from grpo_core.rollout import SamplingSettings
+
+    greedy = engine.generate(list(prompts), 1, SamplingSettings(
+        temperature=0.0, max_new_tokens=max_new_tokens, seed=seed))
+    rows = [g.prompt_index for g in greedy.groups]  # overlong prompts may have been skipped
+    sub = frame.iloc[rows]
+    texts = [[g.completions[0].text] for g in greedy.groups]
+    if samples > 1:
+        sampled = engine.generate([prompts[i] for i in rows], samples, SamplingSettings(
+            temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
+        for row, g in zip(texts, sampled.groups, strict=True):
+            row.extend(c.text for c in g.completions)
+    golds, sources = sub["answer"].tolist(), sub["source"].tolist()
+    flat = check_all([t for row in texts for t in row],
+                     [gd for gd, row in zip(golds, texts) for _ in row],
+                     [s for s, row in zip(sources, texts) for _ in row], time_limit_s)
+    width = len(texts[0]) if texts else 1
+    correct = torch.tensor(flat, dtype=torch.bool).reshape(len(texts), width)  # (P, 1 + k)
+    metrics = summarize(correct[:, :1], ks=())
+    metrics["skipped"] = float(len(prompts) - len(rows))
+    if samples > 1:
+        votes = [[vote_key(t, s) for t in row[1:]] for row, s in zip(texts, sources)]
+        sampled_metrics = summarize(correct[:, 1:], votes, ks=sorted({1, samples}))
+        metrics.update({k: v for k, v in sampled_metrics.items() if "@" in k})
+    for column in ("level", "subject"):
+        labels = sub[column].tolist()
+        if any(label is not None and label == label for label in labels):  # not all null/NaN
+            metrics[f"by_{column}"] = breakdown(correct, labels)
+    records = [{"id": i, "correct": bool(c[0]), "completion": row[0]}
+               for i, c, row in zip(sub["id"].tolist(), correct, texts)]
+    return metrics, records

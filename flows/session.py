@@ -1,0 +1,285 @@
+"""The live objects of a training run, kept in this process and looked up by key.
+
+Prefect tasks receive the key; this module opens a run (fresh or resumed), and does the
+I/O around the update step: resume state, MLflow logging, checkpoints, the final model and
+the live evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from flows.tracking import Tracker, advantage_figure, provenance_tags, tracking_uri
+from grpo_core.config import Config
+
+LIVE: dict[str, "LiveRun"] = {}
+HISTORY_KEYS = ("reward/total/mean", "reward/total/std", "completion/length_mean",
+                "completion/truncated_frac", "update/kl", "time/iteration_s")
+
+
+@dataclass
+class LiveRun:
+    key: str
+    cfg: Config
+    sft_dir: Path
+    tokenizer: Any
+    learner: Any
+    engine: Any
+    tracker: Tracker
+    mixture: pd.DataFrame
+    eval_sets: dict[str, pd.DataFrame]
+    few_shot: list[tuple[str, str]]
+    start_iteration: int = 1
+    history: list[dict[str, float]] = field(default_factory=list)
+    scratch: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.cfg.train.output_dir)
+
+    def render(self, questions: list[str]) -> list[str]:
+        from grpo_core.prompts import render_prompts
+
+        p = self.cfg.data.prompt
+        return render_prompts(self.tokenizer, questions, system=p.system,
+                              instruction=p.instruction, few_shot=self.few_shot)
+
+    def sampling(self, iteration: int):
+        """Rollout sampling; the seed is a function of (seed, iteration), so a resumed run
+        asks the engine for the same stream an uninterrupted run would have."""
+        from grpo_core.rollout import SamplingSettings
+
+        r = self.cfg.rollout
+        return SamplingSettings(temperature=r.temperature, top_p=r.top_p,
+                                max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),
+                                seed=r.seed * 1_000_003 + iteration)
+
+    def records_path(self, iteration: int) -> Path:
+        return Path(self.cfg.rollout.output_dir) / f"iter_{iteration:05d}.parquet"
+
+    def write_records(self, iteration: int) -> Path:
+        from grpo_core.rollout.records import to_frame, write_records
+
+        s = self.scratch
+        frame = to_frame(iteration, s["rows"]["id"].tolist(), s["prompts"], s["result"])
+        return write_records(frame, self.cfg.rollout.output_dir, iteration)
+
+    def fill_records(self, iteration: int, columns: dict[str, list[float]]) -> None:
+        from grpo_core.rollout.records import write_records
+
+        frame = pd.read_parquet(self.records_path(iteration))
+        for name, values in columns.items():
+            frame[name] = values
+        write_records(frame, self.cfg.rollout.output_dir, iteration)
+
+
+def open_run(cfg: Config, *, resume: bool) -> LiveRun:
+    """Load data, tokenizer, policy and engine; restore the resume state when asked."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo_core.checkpoint import materialize
+    from grpo_core.optim import UpdateHyper
+    from grpo_core.rollout import make_engine
+    from grpo_core.state import load_state
+    from grpo_core.trainer import Learner
+
+    mixture, eval_sets, few_shot = _load_data(cfg)
+    sft = materialize(cfg.checkpoint.source, cfg.checkpoint.output_dir,
+                      trust_remote_code=cfg.checkpoint.trust_remote_code)
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = AutoTokenizer.from_pretrained(sft)
+    policy = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
+    hyper = UpdateHyper.from_sections(cfg.algorithm.model_dump(), cfg.train.model_dump(),
+                                      temperature=cfg.rollout.temperature,
+                                      max_completion_len=cfg.rollout.max_new_tokens)
+    learner = Learner(policy, hyper)
+    start, run_id, history = 1, None, []
+    if resume:
+        state, meta = load_state(Path(cfg.train.output_dir) / "resume")
+        learner.load_state_dict(state)
+        start, run_id, history = meta["iteration"] + 1, meta["run_id"], meta.get("history", [])
+    engine = make_engine(cfg.rollout.engine, sft, **_engine_options(cfg))
+    if resume:
+        engine.update_weights(learner.sync_weights())
+    t = cfg.tracking
+    tracker = Tracker(tracking_uri(t.mlflow_tracking_uri), t.experiment, run_name=t.run_name,
+                      resume_run_id=run_id)
+    tracker.log_params(cfg.flat())
+    tracker.set_tags(provenance_tags(_processed_files(cfg)))
+    run = LiveRun(uuid.uuid4().hex, cfg, Path(sft), tokenizer, learner, engine, tracker, mixture,
+                  eval_sets, few_shot, start_iteration=start, history=history)
+    LIVE[run.key] = run
+    return run
+
+
+def _engine_options(cfg: Config) -> dict[str, Any]:
+    r = cfg.rollout
+    return dict(dtype=r.dtype, seed=r.seed, max_prompt_tokens=r.max_prompt_tokens,
+                overlong_prompts=r.overlong_prompts, cpu_kv_cache_gib=r.cpu_kv_cache_gib,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                tensor_parallel_size=r.tensor_parallel_size, sleep_mode=r.sleep_mode)
+
+
+def restart_engine(run: LiveRun) -> None:
+    """Replace a failed engine by a fresh one carrying the current policy weights."""
+    from grpo_core.rollout import make_engine
+
+    with contextlib.suppress(Exception):
+        run.engine.close()
+    run.engine = make_engine(run.cfg.rollout.engine, run.sft_dir, **_engine_options(run.cfg))
+    run.engine.update_weights(run.learner.sync_weights())
+
+
+def _processed_files(cfg: Config) -> dict[str, Path]:
+    from grpo_core.data import processed_name
+
+    specs = [*cfg.data.train, *cfg.evaluate.datasets]
+    root = Path(cfg.data.processed_dir)
+    return {processed_name(s.name, s.split): root / f"{processed_name(s.name, s.split)}.parquet"
+            for s in specs}
+
+
+def _load_data(cfg: Config):
+    """(training mixture, {eval name: rows}, few-shot pairs) from the processed files."""
+    from grpo_core.data import load_processed, processed_name, training_mixture
+    from grpo_core.prompts import few_shot_examples
+
+    files = _processed_files(cfg)
+    frames = {name: load_processed(path) for name, path in files.items()}
+    mixture = training_mixture(frames, [(processed_name(s.name, s.split), s.rows)
+                                        for s in cfg.data.train], cfg.data.seed)
+    evals = {}
+    for s in cfg.evaluate.datasets:
+        frame = frames[processed_name(s.name, s.split)]
+        evals[s.name] = frame.head(s.rows) if s.rows is not None else frame
+    k = cfg.data.prompt.few_shot
+    shots = (few_shot_examples(mixture["question"].tolist(), mixture["solution"].tolist(), k)
+             if k else [])
+    return mixture, evals, shots
+
+
+def save_resume_state(run: LiveRun, iteration: int) -> Path:
+    from grpo_core.state import save_state
+
+    meta = {"iteration": iteration, "run_id": run.tracker.run_id, "history": run.history}
+    return save_state(run.out_dir / "resume", run.learner.state_dict(), meta)
+
+
+def log_iteration(run: LiveRun, iteration: int, metrics: dict[str, float]) -> None:
+    """Metrics at step = iteration, the advantage histogram and sample table, the history
+    file that DVC plots. A step MLflow already has is not logged again."""
+    last = run.tracker.last_step("reward/total/mean")
+    if last is not None and last >= iteration:
+        return
+    run.tracker.log_metrics(metrics, step=iteration)
+    s = run.scratch
+    if "advantages" in s:
+        import matplotlib.pyplot as plt
+
+        fig = advantage_figure(s["advantages"], iteration)
+        run.tracker.log_figure(fig, f"advantages/iter_{iteration:05d}.png")
+        plt.close(fig)
+        table = pd.read_parquet(run.records_path(iteration)).head(run.cfg.tracking.sample_table_rows)
+        keep = [c for c in ("prompt_id", "completion", "reward", "advantage") if c in table]
+        run.tracker.log_table(table[keep], f"samples/iter_{iteration:05d}.json")
+    run.history.append({"iteration": iteration, **{k: metrics.get(k) for k in HISTORY_KEYS}})
+    write_history(run.history, Path("metrics") / "train_history.csv")
+
+
+def write_history(history: list[dict], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["iteration", *HISTORY_KEYS])
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def save_checkpoint(run: LiveRun, iteration: int) -> Path:
+    out = run.learner.save_pretrained(run.out_dir / "checkpoints" / f"iter_{iteration:05d}",
+                                      tokenizer=run.tokenizer)
+    run.tracker.log_dir(out, f"checkpoints/iter_{iteration:05d}")
+    return Path(out)
+
+
+def save_final(run: LiveRun) -> Path:
+    """The final policy as a plain HF directory (also an MLflow artifact), the train summary
+    metric file and the reward-curve PNG."""
+    from flows.plots import reward_curve_png
+
+    out = Path(run.learner.save_pretrained(run.out_dir / "final", tokenizer=run.tokenizer))
+    run.tracker.log_dir(out, "model")
+    last = run.history[-1] if run.history else {}
+    summary = {"iterations": run.cfg.train.iterations, **{k: v for k, v in last.items()}}
+    Path("metrics").mkdir(exist_ok=True)
+    Path("metrics/train.json").write_text(json.dumps(summary, indent=2))
+    png = reward_curve_png(run.history, Path("plots") / "reward.png")
+    run.tracker.log_file(png, "plots")
+    return out
+
+
+def evaluate_live(run: LiveRun, iteration: int, *, quick: bool) -> dict:
+    """Evaluate the live engine (it holds the current weights). Quick: the first
+    `evaluate.quick_rows` problems, greedy, logged as `eval_quick/...`; full: the configured
+    sets with sampling, logged as `eval/...` and written to `evaluate.output`."""
+    from flows.evaluate import evaluate_sets, flat_metrics, write_results
+
+    e = run.cfg.evaluate
+    sets = {n: f.head(e.quick_rows) for n, f in run.eval_sets.items()} if quick else run.eval_sets
+    results = evaluate_sets(run.engine, run.render, sets, max_new_tokens=e.max_new_tokens,
+                            samples=1 if quick else e.samples, temperature=e.temperature,
+                            time_limit_s=run.cfg.reward.timeout_s, seed=run.cfg.rollout.seed)
+    prefix = "eval_quick" if quick else "eval"
+    run.tracker.log_metrics(flat_metrics(results, prefix), step=iteration)
+    if not quick:
+        path = write_results(results, e.output)
+        run.tracker.log_file(path, "eval")
+    return flat_metrics(results, prefix)
+
+
+def close_run(run: LiveRun, status: str) -> None:
+    with contextlib.suppress(Exception):
+        run.engine.close()
+    with contextlib.suppress(Exception):
+        run.tracker.finish(status)
+    LIVE.pop(run.key, None)
+
+
+@contextlib.contextmanager
+def progress(run: LiveRun, total: int):
+    """A tqdm bar over iterations with the ETA and the latest reward."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, initial=run.start_iteration - 1, desc="GRPO", unit="it",
+               dynamic_ncols=True)
+
+    class Bar:
+        @staticmethod
+        def update(metrics: dict[str, float]) -> None:
+            bar.set_postfix(reward=f"{metrics.get('reward/total/mean', 0.0):.3f}",
+                            len=f"{metrics.get('completion/length_mean', 0.0):.0f}")
+            bar.update(1)
+
+    try:
+        yield Bar()
+    finally:
+        bar.close()
+
+
+def headline(results: dict) -> dict:
+    """The numbers a person looks at first."""
+    return {k: round(v, 4) for k, v in results.items() if k.endswith("accuracy") or "@" in k}
+

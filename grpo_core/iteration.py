@@ -1,0 +1,117 @@
+"""One GRPO iteration's data plumbing, between the rollout engine and the update step.
+
+draw P prompts -> (engine samples G each) -> rewards (P, G) -> advantages (P, G)
+-> optional zero-variance group filter (DAPO) -> a flat (B = P' * G) update batch.
+
+Pure functions of their inputs: no Prefect, MLflow or files, so the flow stays thin and the
+plumbing is tested on its own.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from grpo_core.advantages import group_advantages, zero_variance_groups
+from grpo_core.batch import RolloutBatch, build_batch
+from grpo_core.rewards import score
+
+
+def draw_prompts(mixture: pd.DataFrame, iteration: int, count: int, seed: int) -> pd.DataFrame:
+    """Rows for 1-based `iteration`: consecutive slices of one fixed shuffled order, wrapping
+    around (a fresh shuffle per pass). A function of (seed, iteration) only, so a resumed run
+    draws exactly what an uninterrupted run would have drawn."""
+    n = len(mixture)
+    start = (iteration - 1) * count
+    picks = []
+    for k in range(start, start + count):
+        epoch, pos = divmod(k, n)
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+        picks.append(order[pos])
+    return mixture.iloc[picks].reset_index(drop=True)
+
+
+def rollout_metrics(result, max_new_tokens: int) -> dict[str, float]:
+    """Completion lengths, truncation and throughput of one `RolloutResult`."""
+    lengths = [len(c.token_ids) for g in result.groups for c in g.completions]
+    truncated = [c.finish_reason == "length" for g in result.groups for c in g.completions]
+    tokens = float(sum(lengths))
+    return {
+        "completion/length_mean": float(np.mean(lengths)) if lengths else 0.0,
+        "completion/length_max": float(max(lengths, default=0)),
+        "completion/truncated_frac": float(np.mean(truncated)) if truncated else 0.0,
+        "rollout/tokens": tokens,
+        "rollout/tokens_per_s": tokens / result.seconds if result.seconds > 0 else 0.0,
+        "rollout/prompts_skipped": float(len(result.skipped)),
+        "rollout/prompts_truncated": float(len(result.truncated)),
+    }
+
+
+def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_limit_s: float,
+                 max_new_tokens: int, **context) -> tuple[Tensor, dict[str, Tensor], dict]:
+    """Rewards of every completion, shaped by group.
+
+    rows: the drawn prompts (processed schema), indexed by `Group.prompt_index`.
+    Returns (total (P', G), {function: (P', G)}, metrics) over the P' kept groups.
+    """
+    groups = result.groups
+    g = len(groups[0].completions) if groups else 0
+    texts = [c.text for grp in groups for c in grp.completions]
+    answers = [rows["answer"].iloc[grp.prompt_index] for grp in groups for _ in grp.completions]
+    sources = [rows["source"].iloc[grp.prompt_index] for grp in groups for _ in grp.completions]
+    counts = [len(c.token_ids) for grp in groups for c in grp.completions]
+    total, per_fn, metrics = score(texts, answers=answers, sources=sources, token_counts=counts,
+                                   max_new_tokens=max_new_tokens, weights=weights,
+                                   time_limit_s=time_limit_s, **context)
+    shape = (len(groups), g)
+    rewards = torch.as_tensor(total, dtype=torch.float32).reshape(shape)  # (P', G)
+    per = {k: torch.as_tensor(v, dtype=torch.float32).reshape(shape) for k, v in per_fn.items()}
+    flat = rewards.reshape(-1)
+    if flat.numel():
+        metrics.update({"reward/total/min": float(flat.min()), "reward/total/max": float(flat.max())})
+    return rewards, per, metrics
+
+
+def advantages_for(rewards: Tensor, mode: str, eps: float) -> tuple[Tensor, dict[str, float]]:
+    """rewards (P, G) -> (advantages (P, G), metrics)."""
+    adv = group_advantages(rewards, mode=mode, eps=eps)  # (P, G)
+    flat = adv.reshape(-1)
+    zero = zero_variance_groups(rewards)  # (P,)
+    return adv, {
+        "advantage/mean": float(flat.mean()) if flat.numel() else 0.0,
+        "advantage/std": float(flat.std()) if flat.numel() > 1 else 0.0,
+        "advantage/abs_mean": float(flat.abs().mean()) if flat.numel() else 0.0,
+        "advantage/zero_groups_frac": float(zero.float().mean()) if zero.numel() else 0.0,
+    }
+
+
+def update_batch(result, advantages: Tensor, *, pad_id: int, keep: Tensor | None = None,
+                 use_sampler_logprobs: bool = False) -> RolloutBatch | None:
+    """The flat update batch of the kept groups (keep: (P,) bool; None keeps all).
+    Row order is group-major: row p * G + i is completion i of group p. None if empty."""
+    prompt_ids, completion_ids, logps, truncated, adv = [], [], [], [], []
+    for p, grp in enumerate(result.groups):
+        if keep is not None and not bool(keep[p]):
+            continue
+        for i, c in enumerate(grp.completions):
+            prompt_ids.append(list(grp.prompt_ids))
+            completion_ids.append(list(c.token_ids))
+            logps.append(list(c.logprobs))
+            truncated.append(c.finish_reason == "length")
+            adv.append(float(advantages[p, i]))
+    if not prompt_ids:
+        return None
+    return build_batch(prompt_ids, completion_ids, adv, pad_id=pad_id, truncated=truncated,
+                       sampler_logprobs=logps if use_sampler_logprobs else None)
+
+
+def record_columns(result, rewards: Tensor, per_fn: dict[str, Tensor],
+                   advantages: Tensor) -> dict[str, Sequence[float]]:
+    """Flat columns (group-major, like the rollout records) to fill into the records frame."""
+    cols = {"reward": rewards.reshape(-1).tolist(), "advantage": advantages.reshape(-1).tolist()}
+    cols.update({f"reward_{k}": v.reshape(-1).tolist() for k, v in per_fn.items()})
+    return cols
