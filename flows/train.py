@@ -147,8 +147,9 @@ def run_iteration(key: str, it: int) -> dict[str, float]:
     kill can lose an iteration's metrics but never log a step twice."""
     start = time.perf_counter()
     rollout_task(key, it)
-    metrics = rollout_metrics(LIVE[key].scratch["result"], LIVE[key].cfg.rollout.max_new_tokens)
-    metrics["time/rollout_s"] = LIVE[key].scratch["result"].seconds
+    result = LIVE[key].scratch["result"]
+    metrics = rollout_metrics(result)
+    metrics["time/rollout_s"] = result.seconds
     metrics.update(reward_task(key, it))
     metrics.update(update_task(key, it))
     metrics["time/sync_s"] = sync_task(key)

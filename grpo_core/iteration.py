@@ -35,20 +35,16 @@ def draw_prompts(mixture: pd.DataFrame, iteration: int, count: int, seed: int) -
     return mixture.iloc[picks].reset_index(drop=True)
 
 
-def rollout_metrics(result, max_new_tokens: int) -> dict[str, float]:
-    """Completion lengths, truncation and throughput of one `RolloutResult`."""
+def rollout_metrics(result) -> dict[str, float]:
+    """The engine's own counts and throughput, plus completion length and truncation."""
     lengths = [len(c.token_ids) for g in result.groups for c in g.completions]
-    truncated = [c.finish_reason == "length" for g in result.groups for c in g.completions]
-    tokens = float(sum(lengths))
-    return {
+    metrics = result.metrics()
+    metrics.update({
         "completion/length_mean": float(np.mean(lengths)) if lengths else 0.0,
         "completion/length_max": float(max(lengths, default=0)),
-        "completion/truncated_frac": float(np.mean(truncated)) if truncated else 0.0,
-        "rollout/tokens": tokens,
-        "rollout/tokens_per_s": tokens / result.seconds if result.seconds > 0 else 0.0,
-        "rollout/prompts_skipped": float(len(result.skipped)),
-        "rollout/prompts_truncated": float(len(result.truncated)),
-    }
+        "completion/truncated_frac": 1.0 - metrics["rollout/stop_rate"] if lengths else 0.0,
+    })
+    return metrics
 
 
 def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_limit_s: float,

@@ -1,0 +1,72 @@
+"""The iteration plumbing between the engine and the update step, on real rollout records."""
+
+import pandas as pd
+import pytest
+import torch
+
+from grpo_core.iteration import (advantages_for, draw_prompts, record_columns, rollout_metrics,
+                                 score_groups, update_batch)
+from grpo_core.rollout import Completion, Group, RolloutResult
+
+
+def _result() -> RolloutResult:
+    """Two prompts x 3 samples; prompt 1's completions are all wrong (a zero-variance group)."""
+    def c(text, ids, reason="stop"):
+        return Completion(tuple(ids), text, tuple(-0.5 for _ in ids), reason)
+
+    return RolloutResult(groups=(
+        Group(0, (5, 6), (c("so #### 12", [1, 2, 3]), c("#### 13", [4]),
+                          c("12", [7, 8], "length"))),
+        Group(1, (9,), (c("#### 1", [1]), c("#### 2", [2, 2]), c("#### 3", [3, 3, 3]))),
+    ), num_prompts=2, seconds=2.0)
+
+
+ROWS = pd.DataFrame({"id": ["a", "b"], "answer": ["12", "7"], "source": ["gsm8k", "gsm8k"],
+                     "question": ["q1", "q2"]})
+
+
+def test_draw_prompts_is_a_function_of_seed_and_iteration():
+    mixture = pd.DataFrame({"id": [str(i) for i in range(10)]})
+    first = [draw_prompts(mixture, it, 4, seed=3)["id"].tolist() for it in (1, 2, 3)]
+    assert first == [draw_prompts(mixture, it, 4, seed=3)["id"].tolist() for it in (1, 2, 3)]
+    # the first pass over the data (iterations 1-2 and half of 3) has no repeats
+    seen = first[0] + first[1] + first[2][:2]
+    assert len(set(seen)) == 10
+    assert draw_prompts(mixture, 1, 4, seed=4)["id"].tolist() != first[0]
+
+
+def test_scores_are_grouped_and_advantages_follow():
+    rewards, per_fn, metrics = score_groups(_result(), ROWS, weights={"gsm8k_accuracy": 1.0},
+                                            time_limit_s=5.0, max_new_tokens=3)
+    assert rewards.tolist() == [[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]]
+    assert per_fn["gsm8k_accuracy"].shape == (2, 3)
+    assert metrics["reward/total/max"] == 1.0 and metrics["reward/total/min"] == 0.0
+    adv, m = advantages_for(rewards, "grpo", 1e-6)
+    assert adv[1].tolist() == [0.0, 0.0, 0.0]  # the all-equal group learns nothing
+    assert m["advantage/zero_groups_frac"] == 0.5
+    assert adv[0, 0] > 0 > adv[0, 1]
+
+
+def test_update_batch_keeps_group_order_and_filters_groups():
+    result = _result()
+    adv = torch.tensor([[1.0, -2.0, 1.0], [0.0, 0.0, 0.0]])
+    batch = update_batch(result, adv, pad_id=0)
+    assert batch.advantages.tolist() == [1.0, -2.0, 1.0, 0.0, 0.0, 0.0]
+    assert batch.truncated.tolist() == [False, False, True, False, False, False]
+    assert batch.completion_mask.sum(dim=1).tolist() == [3, 1, 2, 1, 2, 3]
+    kept = update_batch(result, adv, pad_id=0, keep=torch.tensor([True, False]))
+    assert kept.advantages.tolist() == [1.0, -2.0, 1.0]
+    assert update_batch(result, adv, pad_id=0, keep=torch.tensor([False, False])) is None
+    with_lp = update_batch(result, adv, pad_id=0, use_sampler_logprobs=True)
+    assert with_lp.sampler_logp is not None
+
+
+def test_rollout_metrics_and_record_columns():
+    m = rollout_metrics(_result())
+    assert m["completion/length_max"] == 3.0
+    assert m["completion/length_mean"] == pytest.approx(12 / 6)
+    assert m["completion/truncated_frac"] == pytest.approx(1 / 6)
+    assert m["rollout/tokens_per_s"] == 6.0
+    cols = record_columns(_result(), torch.ones(2, 3), {"f": torch.zeros(2, 3)}, torch.eye(2, 3))
+    assert cols["advantage"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+    assert set(cols) == {"reward", "advantage", "reward_f"}
