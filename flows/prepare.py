@@ -1,0 +1,66 @@
+"""`grpo prepare`: raw GSM8K/MATH -> data/processed/<name>_<split>.parquet (+ manifest.json).
+
+Thin glue: the datasets are the training mixture's and the evaluation's splits; the data comes
+from data.dir, else $GRPO_DATA_DIR, else the Hugging Face hub.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+
+from grpo_core import data
+from grpo_core.config import Config
+
+
+def data_dir(cfg: Config) -> Optional[str]:
+    return cfg.data.dir or os.environ.get("GRPO_DATA_DIR") or None
+
+
+def train_splits(cfg: Config) -> list[tuple[str, str]]:
+    return [(d.name, d.split) for d in cfg.data.train]
+
+
+def eval_splits(cfg: Config) -> list[tuple[str, str]]:
+    return [(d.name, d.split) for d in cfg.evaluate.datasets]
+
+
+def processed_paths(cfg: Config, splits: list[tuple[str, str]]) -> dict[str, Path]:
+    """{"gsm8k_train": data/processed/gsm8k_train.parquet, ...} for the given splits."""
+    out = Path(cfg.data.processed_dir)
+    return {data.processed_name(n, s): out / f"{data.processed_name(n, s)}.parquet"
+            for n, s in splits}
+
+
+def run(cfg: Config) -> tuple[dict[str, Path], dict]:
+    train = train_splits(cfg)
+    paths, metrics = data.prepare(data_dir(cfg), cfg.data.processed_dir, train + eval_splits(cfg),
+                                  decontaminate=train if cfg.data.decontaminate else ())
+    manifest = Path(cfg.data.processed_dir) / "manifest.json"
+    manifest.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    return paths, metrics
+
+
+def load_mixture(cfg: Config) -> pd.DataFrame:
+    """The configured training mixture from the processed files (for the training flow)."""
+    specs = [(data.processed_name(d.name, d.split), d.rows) for d in cfg.data.train]
+    paths = processed_paths(cfg, train_splits(cfg))
+    frames = {key: data.load_processed(path) for key, path in paths.items()}
+    return data.training_mixture(frames, specs, cfg.data.seed)
+
+
+def cli(cfg: Config, args: argparse.Namespace) -> int:
+    paths, metrics = run(cfg)
+    for key, path in paths.items():
+        m = metrics[key]
+        dropped = [f"{m[k]} {label}" for k, label in (("dropped_no_answer", "without an answer"),
+                                                      ("dropped_overlap", "shared with eval"))
+                   if m.get(k)]
+        note = f" (dropped {', '.join(dropped)})" if dropped else ""
+        print(f"{key}: {m['rows']} rows -> {path}{note}")
+    return 0

@@ -1,0 +1,138 @@
+"""Final-answer extraction and correctness checks for GSM8K and MATH.
+
+GSM8K (Cobbe et al., arXiv 2110.14168) gold answers are the number after `####`; a completion's
+answer is taken, in order of preference, after its last `####`, inside its last `\\boxed{}`, or
+as its last number. Numbers compare exactly as fractions after removing thousands commas, `$`,
+`%`, units and a trailing `.0`: we depart from the paper's exact string match so that "1,000.00"
+and "1000" agree (the paper's own verifier was a trained model, not a string match).
+
+MATH (Hendrycks et al., arXiv 2103.03874) answers are the last `\\boxed{...}` of the solution with
+balanced braces; equivalence is decided by math-verify (symbolic and numeric), not by the
+paper's string normalisation. math-verify's own signal-based timeouts are switched off here:
+the caller (`grpo_core.rewards.score`) enforces the time limit, in any thread.
+"""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from typing import Callable, Optional
+
+from grpo_core.errors import UserError
+
+_BOXED = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])\s*")
+# A number: optional sign, digits with optional thousands commas, optional decimals, or a
+# bare decimal such as ".5". Commas are checked for the 3-digit grouping so "1,2" stays two numbers.
+_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|-?\.\d+")
+_HASHES = "####"
+
+
+def last_boxed(text: str) -> Optional[str]:
+    """The content of the last `\\boxed{...}` (or `\\fbox{...}`) with balanced braces, or of the
+    brace-less form `\\boxed 9` (two MATH train solutions use it). None when there is none."""
+    for m in reversed(list(_BOXED.finditer(text))):  # the last one that closes
+        start = m.end()
+        if start < len(text) and text[start] != "{":
+            token = re.match(r"[^\s$]+", text[start:])
+            if token and m.group(0) != m.group(0).rstrip():  # "\boxed 9", not "\boxedx"
+                return token.group(0).rstrip(".,;")
+            continue
+        depth = 0
+        for i in range(start, len(text)):
+            if text[i] == "{":
+                depth += 1
+            elif text[i] == "}":
+                depth -= 1
+                if depth == 0:
+                    return text[start + 1:i].strip()
+    return None
+
+
+def gsm8k_gold(solution: str) -> Optional[str]:
+    """The canonical answer of a GSM8K solution: the number after `####`, commas removed."""
+    if _HASHES not in solution:
+        return None
+    tail = solution.rsplit(_HASHES, 1)[1].strip()
+    return tail.replace(",", "").strip() or None
+
+
+def to_number(text: str) -> Optional[Fraction]:
+    """Parse '$1,234.50', '12 apples', '3.0', '-7', '50%' or '\\frac{3}{4}' into an exact number."""
+    text = text.strip().replace("\\$", "").replace("$", "").replace("\\!", "")
+    frac = re.fullmatch(r"-?\\d?frac\{(-?\d+)\}\{(-?\d+)\}", text)
+    if frac and int(frac.group(2)) != 0:
+        sign = -1 if text.startswith("-") else 1
+        return sign * Fraction(int(frac.group(1)), int(frac.group(2)))
+    found = _NUMBER.search(text)
+    if not found:
+        return None
+    try:
+        return Fraction(found.group(0).replace(",", ""))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def extract_number_answer(completion: str) -> Optional[str]:
+    """A completion's final numeric answer as text: after the last `####`, else in the last
+    `\\boxed{}`, else the last number anywhere. None when there is no number."""
+    if _HASHES in completion:
+        tail = completion.rsplit(_HASHES, 1)[1].strip()
+        line = tail.splitlines()[0] if tail else ""
+        if to_number(line) is not None:
+            return line.strip()
+    boxed = last_boxed(completion)
+    if boxed is not None and to_number(boxed) is not None:
+        return boxed
+    numbers = _NUMBER.findall(completion)
+    return numbers[-1] if numbers else None
+
+
+def gsm8k_correct(completion: str, gold: str) -> bool:
+    """Numeric equality of the completion's final answer and the gold number."""
+    pred = extract_number_answer(completion)
+    if pred is None:
+        return False
+    a, b = to_number(pred), to_number(gold)
+    return a is not None and b is not None and a == b
+
+
+def math_correct(completion: str, gold: str) -> bool:
+    """math-verify equivalence of the completion's answer and the gold MATH answer. The gold is
+    wrapped in `\\boxed{}` so math-verify reads it as LaTeX. No internal timeout (see module doc)."""
+    parse, verify = _math_verify()
+    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+    if not gold_parsed:
+        return False
+    pred_parsed = parse(completion, parsing_timeout=None)
+    if not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+def _math_verify():
+    """math-verify's parse and verify, imported on first use (sympy costs about a second).
+    Its one-time warning that its timeout is off is silenced: the limit is enforced by
+    `grpo_core.rewards.call_with_limit`, which also works outside the main thread."""
+    import math_verify.grader
+    import math_verify.parser
+
+    math_verify.parser.TIMEOUT_WARNING_SHOWN = True
+    math_verify.grader.TIMEOUT_WARNING_SHOWN = True
+    return math_verify.parser.parse, math_verify.grader.verify
+
+
+# source -> checker. MATH-style sources share math-verify; a user's own dataset can register here.
+CHECKERS: dict[str, Callable[[str, str], bool]] = {
+    "gsm8k": gsm8k_correct,
+    "math": math_correct,
+    "math500": math_correct,
+}
+
+
+def is_correct(completion: str, gold: str, source: str) -> bool:
+    """Dispatch to the checker of the dataset the problem came from (evaluation uses this)."""
+    try:
+        checker = CHECKERS[source]
+    except KeyError:
+        raise UserError(f"no answer checker for source {source!r} (known: {sorted(CHECKERS)})") from None
+    return checker(completion, gold)

@@ -1,0 +1,335 @@
+"""Load GSM8K and MATH, normalise them to one schema, write parquet, build the training mixture.
+
+Every dataset becomes rows of `SCHEMA`: id, source, split, question, answer (the canonical final
+answer), solution, level (1-5 or null), subject. Files come from a local folder laid out as
+
+    <data_dir>/gsm8k/{train,test}.jsonl    <data_dir>/math/{train,test}.jsonl
+    <data_dir>/math/math500.jsonl
+
+(`.json` arrays and `.parquet` files with the same fields are accepted in place of `.jsonl`), or,
+with no folder, from the Hugging Face hub through `datasets`.
+
+Departures from the sources, on purpose: GSM8K answers lose thousands commas ("1,000" -> "1000");
+MATH answers without an `answer` field are the last balanced `\\boxed{...}` of the solution;
+MATH's "Level ?" becomes a null level; rows with no final answer at all (two MATH train rows
+have an empty `\\boxed{}`) cannot be rewarded and are dropped, with their ids in the returned
+metrics, rather than failing the whole dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import pandas as pd
+
+from grpo_core.answers import gsm8k_gold, last_boxed
+from grpo_core.errors import UserError
+
+SCHEMA = ("id", "source", "split", "question", "answer", "solution", "level", "subject")
+EXTENSIONS = (".jsonl", ".json", ".parquet")
+
+
+@dataclass(frozen=True)
+class Source:
+    """One dataset: where its splits live locally and on the hub, and how a raw row maps to SCHEMA."""
+
+    local: dict[str, str]  # split -> path stem under data_dir, without extension
+    hub: Callable[[str], list[dict]]  # split -> raw rows (needs `datasets` and internet)
+    normalise: Callable[[dict, str, int, str], dict]  # (raw, split, index, where) -> row
+    fields: tuple[str, ...]  # required raw fields, for the error message
+
+
+def _need(raw: dict, fields: Sequence[str], where: str) -> None:
+    for f in fields:
+        if f not in raw or raw[f] is None:
+            raise UserError(f"{where}: missing field '{f}' (rows need {', '.join(fields)})")
+        if not isinstance(raw[f], str):
+            raise UserError(f"{where}: field '{f}' must be a string, got {type(raw[f]).__name__}")
+
+
+def _gsm8k_row(raw: dict, split: str, index: int, where: str) -> dict:
+    _need(raw, ("question", "answer"), where)
+    gold = gsm8k_gold(raw["answer"])
+    if gold is None:
+        raise UserError(f"{where}: field 'answer' has no final '#### <number>' line")
+    return dict(id=str(raw.get("id") or f"gsm8k/{split}/{index}"), source="gsm8k", split=split,
+                question=raw["question"], answer=gold, solution=raw["answer"], level=None,
+                subject=None)
+
+
+_LEVEL = re.compile(r"^(?:Level\s*)?(\d+)$")
+
+
+def _level(value: Any, where: str) -> Optional[int]:
+    """5, "5" or "Level 5" -> 5; null, "?" or "Level ?" -> None (MATH has two of those)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if text in ("?", "Level ?", ""):
+        return None
+    m = _LEVEL.match(text)
+    if not m:
+        raise UserError(f"{where}: field 'level' must be an integer or 'Level N', got {value!r}")
+    return int(m.group(1))
+
+
+def _math_row(source: str) -> Callable[[dict, str, int, str], dict]:
+    def row(raw: dict, split: str, index: int, where: str) -> dict:
+        _need(raw, ("problem", "solution"), where)
+        answer = raw.get("answer")
+        if answer is not None and not isinstance(answer, str):
+            answer = str(answer)
+        if answer is None:
+            answer = last_boxed(raw["solution"]) or ""
+        subject = raw.get("subject") or raw.get("type")
+        return dict(id=str(raw.get("unique_id") or raw.get("id") or f"{source}/{split}/{index}"),
+                    source=source, split=split, question=raw["problem"], answer=answer.strip(),
+                    solution=raw["solution"], level=_level(raw.get("level"), where),
+                    subject=None if subject is None else str(subject))
+    return row
+
+
+_MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                  "number_theory", "prealgebra", "precalculus")
+
+
+def _hub(name: str, config: Optional[str] = None, split_map: Optional[dict] = None,
+         configs: Sequence[str] = ()) -> Callable[[str], list[dict]]:
+    def load(split: str) -> list[dict]:
+        try:
+            import datasets
+        except ImportError:
+            raise UserError("no local data and the `datasets` package is missing: "
+                            "`pip install datasets`, or set GRPO_DATA_DIR (or data.dir) "
+                            "to a folder with gsm8k/ and math/") from None
+        hub_split = (split_map or {}).get(split, split)
+        rows: list[dict] = []
+        try:
+            for cfg in configs or (config,):
+                rows.extend(datasets.load_dataset(name, cfg, split=hub_split))
+        except Exception as exc:  # offline, unknown name, no cache: one actionable line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load {name} split {hub_split!r} from the Hugging Face hub "
+                            f"({first}); set GRPO_DATA_DIR or data.dir to a local copy") from None
+        return rows
+    return load
+
+
+SOURCES: dict[str, Source] = {
+    "gsm8k": Source({"train": "gsm8k/train", "test": "gsm8k/test"},
+                    _hub("openai/gsm8k", "main"), _gsm8k_row, ("question", "answer")),
+    "math": Source({"train": "math/train", "test": "math/test"},
+                   _hub("EleutherAI/hendrycks_math", configs=_MATH_SUBJECTS), _math_row("math"),
+                   ("problem", "solution")),
+    "math500": Source({"test": "math/math500"}, _hub("HuggingFaceH4/MATH-500"),
+                      _math_row("math500"), ("problem", "solution")),
+}
+
+
+# ------------------------------------------------------------------------- reading
+def read_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (location, raw record) from a .jsonl, .json or .parquet file. Location is
+    `file:line` for JSONL and JSON, `file:row N` for parquet. Bad files raise UserError."""
+    path = Path(path)
+    reader = _READERS.get(path.suffix)
+    if reader is None:
+        raise UserError(f"{path}: unsupported file type (use {', '.join(EXTENSIONS)})")
+    n = 0
+    for where, raw in reader(path):
+        if not isinstance(raw, dict):
+            raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        n += 1
+        yield where, raw
+    if n == 0:
+        raise UserError(f"{path}: the file has no records")
+
+
+def _text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UserError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); "
+                        "save the file as UTF-8") from None
+
+
+def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    for i, line in enumerate(_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield f"{path}:{i}", json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{i}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+
+
+def _json(path: Path) -> Iterator[tuple[str, Any]]:
+    """A JSON array of objects, decoded element by element so each one keeps its line."""
+    text = _text(path)
+    decoder = json.JSONDecoder()
+
+    def line_at(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def skip(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    pos = skip(0)
+    if pos >= len(text) or text[pos] != "[":
+        raise UserError(f"{path}:{line_at(pos)}: expected a JSON array of objects")
+    pos = skip(pos + 1)
+    while pos < len(text) and text[pos] != "]":
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
+        yield f"{path}:{line_at(pos)}", item
+        pos = skip(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip(pos + 1)
+        elif pos >= len(text) or text[pos] != "]":
+            raise UserError(f"{path}:{line_at(pos)}: not valid JSON: expected ',' or ']'")
+
+
+def _parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+    for i, raw in enumerate(frame.to_dict(orient="records")):
+        yield f"{path}:row {i + 1}", {k: (None if _isna(v) else v) for k, v in raw.items()}
+
+
+def _isna(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and v != v)
+
+
+_READERS = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet}
+
+
+def local_file(data_dir: Path, name: str, split: str) -> Path:
+    """The first existing `<stem>.jsonl|.json|.parquet` of a dataset split, else UserError."""
+    source = _source(name)
+    if split not in source.local:
+        raise UserError(f"dataset {name} has no split {split!r} (splits: {', '.join(source.local)})")
+    stem = Path(data_dir) / source.local[split]
+    for ext in EXTENSIONS:
+        if stem.with_suffix(ext).is_file():
+            return stem.with_suffix(ext)
+    raise UserError(f"{name} {split}: no file {stem}.jsonl (or .json, .parquet) in data dir {data_dir}")
+
+
+def _source(name: str) -> Source:
+    if name not in SOURCES:
+        raise UserError(f"unknown dataset {name!r} (known: {', '.join(SOURCES)})")
+    return SOURCES[name]
+
+
+# ------------------------------------------------------------------------ normalise
+def normalise(records: Iterator[tuple[str, dict]], name: str, split: str) -> tuple[pd.DataFrame, dict]:
+    """Raw records -> (frame in SCHEMA, metrics). Rows with an empty answer are dropped."""
+    source = _source(name)
+    rows, dropped = [], []
+    for index, (where, raw) in enumerate(records):
+        row = source.normalise(raw, split, index, where)
+        (rows if row["answer"] else dropped).append(row)
+    if not rows:
+        raise UserError(f"{name} {split}: no row has a final answer")
+    frame = pd.DataFrame(rows, columns=list(SCHEMA))
+    frame["level"] = frame["level"].astype("Int64")
+    metrics = {"rows": len(frame), "dropped_no_answer": len(dropped),
+               "dropped_ids": [r["id"] for r in dropped][:20]}
+    return frame, metrics
+
+
+def load_split(data_dir: Optional[Path], name: str, split: str) -> tuple[pd.DataFrame, dict]:
+    """One dataset split as a normalised frame: from data_dir if given, else from the hub."""
+    if data_dir is not None:
+        return normalise(read_records(local_file(Path(data_dir), name, split)), name, split)
+    rows = _source(name).hub(split)
+    return normalise(((f"hub:{name}/{split}[{i}]", r) for i, r in enumerate(rows)), name, split)
+
+
+def processed_name(name: str, split: str) -> str:
+    return f"{name}_{split}"
+
+
+def question_key(text: Any) -> str:
+    """Whitespace-collapsed, lower-cased question: how two questions are judged the same
+    (MATH has a train and a test problem that differ only by a trailing newline)."""
+    return re.sub(r"\s+", " ", str(text)).strip().lower()
+
+
+def prepare(data_dir: Optional[str | Path], out_dir: str | Path,
+            datasets: Sequence[tuple[str, str]],
+            decontaminate: Sequence[tuple[str, str]] = ()) -> tuple[dict[str, Path], dict]:
+    """Normalise each (name, split) and write `<out_dir>/<name>_<split>.parquet`.
+    `decontaminate` lists training splits from which rows whose question appears in any other
+    prepared split are dropped (their ids go to the metrics).
+    Returns ({"gsm8k_train": path, ...}, {"gsm8k_train": {"rows": ..., ...}, ...})."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise UserError(f"data dir not found: {data_dir}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    frames, metrics = {}, {}
+    for name, split in dict.fromkeys(datasets):  # de-duplicated, order kept
+        key = processed_name(name, split)
+        frames[key], metrics[key] = load_split(data_dir, name, split)
+    clean = {processed_name(n, s) for n, s in decontaminate}
+    others = {question_key(q) for k, f in frames.items() if k not in clean for q in f["question"]}
+    paths = {}
+    for key, frame in frames.items():
+        if key in clean:
+            hit = frame["question"].map(question_key).isin(others)
+            metrics[key].update(rows=int((~hit).sum()), dropped_overlap=int(hit.sum()),
+                                dropped_overlap_ids=frame.loc[hit, "id"].tolist()[:20])
+            frame = frame[~hit].reset_index(drop=True)
+        paths[key] = out / f"{key}.parquet"
+        frame.to_parquet(paths[key], index=False)
+    return paths, metrics
+
+
+def load_processed(path: str | Path) -> pd.DataFrame:
+    """A processed parquet file, checked to have every SCHEMA column."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"processed dataset not found: {path} (run `grpo prepare`)")
+    frame = _parquet_frame(path)
+    missing = [c for c in SCHEMA if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path}: missing columns {', '.join(missing)} (expected {', '.join(SCHEMA)})")
+    return frame
+
+
+def _parquet_frame(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except Exception as exc:
+        raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
+
+
+def training_mixture(frames: dict[str, pd.DataFrame], specs: Sequence[tuple[str, Optional[int]]],
+                     seed: int) -> pd.DataFrame:
+    """Concatenate `rows` rows (None = all) of each named frame, each drawn without replacement
+    with `seed`, then shuffle the whole mixture with `seed`. specs: [(processed name, rows)]."""
+    parts = []
+    for i, (key, rows) in enumerate(specs):
+        if key not in frames:
+            raise UserError(f"training mixture: dataset {key} was not prepared "
+                            f"(prepared: {', '.join(frames) or 'none'})")
+        frame = frames[key]
+        if rows is not None and rows > len(frame):
+            raise UserError(f"training mixture: {key} has {len(frame)} rows, {rows} requested")
+        n = len(frame) if rows is None else rows
+        parts.append(frame.sample(n=n, random_state=seed + i) if rows is not None else frame)
+    mixture = pd.concat(parts, ignore_index=True)
+    return mixture.sample(frac=1.0, random_state=seed).reset_index(drop=True)

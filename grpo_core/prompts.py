@@ -1,0 +1,63 @@
+"""Prompts rendered with the checkpoint's own chat template, identical for training and evaluation.
+
+A prompt is: an optional system message; optional few-shot turns (user: question +
+instruction, assistant: the worked solution); then the user turn with the question followed by
+the instruction. The template adds the assistant header (`add_generation_prompt=True`), so the
+policy continues as the assistant, exactly as the SFT checkpoint was tuned to do.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from grpo_core.errors import UserError
+
+# Instructions that match the two answer forms the `format` reward checks (rewards.ANSWER_FORMATS).
+INSTRUCTIONS = {
+    "hashes": "Solve the problem step by step. At the end, write the final answer as a number "
+              "on its own line after '####'.",
+    "boxed": "Solve the problem step by step. Put the final answer in \\boxed{}.",
+}
+
+
+def user_turn(question: str, instruction: str) -> str:
+    return f"{question.strip()}\n\n{instruction.strip()}" if instruction.strip() else question.strip()
+
+
+def messages(question: str, *, system: str = "", instruction: str = "",
+             few_shot: Sequence[tuple[str, str]] = ()) -> list[dict[str, str]]:
+    """The chat as a list of {"role", "content"}; few_shot holds (question, solution) pairs."""
+    chat = [{"role": "system", "content": system}] if system.strip() else []
+    for q, solution in few_shot:
+        chat.append({"role": "user", "content": user_turn(q, instruction)})
+        chat.append({"role": "assistant", "content": solution.strip()})
+    chat.append({"role": "user", "content": user_turn(question, instruction)})
+    return chat
+
+
+def render_prompt(tokenizer: Any, question: str, *, system: str = "", instruction: str = "",
+                  few_shot: Sequence[tuple[str, str]] = ()) -> str:
+    """The prompt text for one question, ready for generation (not tokenized)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise UserError("the checkpoint's tokenizer has no chat template; use an "
+                        "instruction-tuned (SFT) checkpoint that ships one")
+    chat = messages(question, system=system, instruction=instruction, few_shot=few_shot)
+    return tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+
+
+def render_prompts(tokenizer: Any, questions: Sequence[str], *, system: str = "",
+                   instruction: str = "", few_shot: Sequence[tuple[str, str]] = ()) -> list[str]:
+    """`render_prompt` for each question, with the same system, instruction and examples."""
+    return [render_prompt(tokenizer, q, system=system, instruction=instruction, few_shot=few_shot)
+            for q in questions]
+
+
+def few_shot_examples(questions: Sequence[str], solutions: Sequence[str], k: int,
+                      exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The first k (question, solution) pairs whose question is not in `exclude` (so a
+    problem is never its own example). Deterministic: the same examples for every prompt."""
+    skip = set(exclude)
+    pairs = [(q, s) for q, s in zip(questions, solutions, strict=True) if q not in skip]
+    if len(pairs) < k:
+        raise UserError(f"data.prompt.few_shot = {k}, but only {len(pairs)} examples are available")
+    return pairs[:k]

@@ -1,0 +1,312 @@
+"""Reward functions: a registry with one signature, combined with weights by `score`.
+
+Every reward function takes the batch and returns one value per completion:
+
+    fn(completions: list[str], *, answers: list[str], sources: list[str],
+       token_counts: list[int], max_new_tokens: int, **context) -> list[float | None]
+
+`context` carries the rest (prompts, time_limit_s, answer_format, overlong_buffer,
+reward_model_dir, reward_model_batch_size, ...); a function takes what it needs and ignores
+the rest (`**_`). `None` means "could not score this completion": it becomes 0 and is counted
+as a failure. Functions written per completion are lifted with `@per_completion`, which also
+applies the time limit and turns an exception into a failure for that one completion only.
+
+`soft_overlong` is DAPO's soft overlong punishment (Yu et al., arXiv 2503.14476, eq. 13), with
+L_max = the generation limit and L_cache = `overlong_buffer`. `reward_model` scores
+prompt + completion with a Hugging Face sequence-classification model (logit 0), as the
+reward-model variant of DeepSeekMath's GRPO (arXiv 2402.03300) does; it is batched and cached
+per directory.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+import signal
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+
+from grpo_core.answers import gsm8k_correct, is_correct, last_boxed, math_correct
+from grpo_core.errors import UserError
+
+RewardFn = Callable[..., Sequence[Optional[float]]]
+
+
+class RewardTimeout(Exception):
+    """A reward call ran past its time limit."""
+
+
+# ------------------------------------------------------------------ time limits
+def call_with_limit(fn: Callable[[], Any], seconds: float) -> Any:
+    """Run fn() with a wall-clock limit; raise RewardTimeout past it. In the main thread a
+    SIGALRM timer interrupts the call itself; elsewhere (Prefect runs tasks in threads, where
+    signals cannot be used) the call runs in a daemon thread that is abandoned on timeout:
+    the caller moves on, the stray thread finishes or dies with the process."""
+    if threading.current_thread() is threading.main_thread():
+        return _with_alarm(fn, seconds)
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # re-raised in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        raise RewardTimeout(f"exceeded {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+def _with_alarm(fn: Callable[[], Any], seconds: float) -> Any:
+    def on_alarm(signum, frame):
+        raise RewardTimeout(f"exceeded {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        return fn()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+# -------------------------------------------------------------------- lifting
+class _Failed:
+    """Marker of a per-completion failure; `timeout` tells the two kinds apart in metrics."""
+
+    def __init__(self, timeout: bool):
+        self.timeout = timeout
+
+
+def per_completion(item_fn: Callable[..., float]) -> RewardFn:
+    """Lift `item_fn(completion, *, answer, source, token_count, max_new_tokens, **context)`
+    to the batch signature, with the time limit and failure isolation per completion."""
+    @functools.wraps(item_fn)
+    def batch(completions, *, answers, sources, token_counts, max_new_tokens, time_limit_s=5.0,
+              **context):
+        out: list[Any] = []
+        for c, a, s, n in zip(completions, answers, sources, token_counts, strict=True):
+            call = functools.partial(item_fn, c, answer=a, source=s, token_count=n,
+                                     max_new_tokens=max_new_tokens, **context)
+            try:
+                out.append(call_with_limit(call, time_limit_s))
+            except RewardTimeout:
+                out.append(_Failed(timeout=True))
+            except UserError:  # a configuration mistake, not a bad completion
+                raise
+            except Exception:
+                out.append(_Failed(timeout=False))
+        return out
+
+    batch.per_completion = True  # score() must not apply a second, whole-batch limit
+    return batch
+
+
+# ------------------------------------------------------------------- functions
+@per_completion
+def gsm8k_accuracy(completion: str, *, answer: str, **_) -> float:
+    """1 if the final number equals the gold number (after ####, in \\boxed{}, or the last one)."""
+    return float(gsm8k_correct(completion, answer))
+
+
+@per_completion
+def math_accuracy(completion: str, *, answer: str, **_) -> float:
+    """1 if math-verify finds the completion's answer equivalent to the gold answer."""
+    return float(math_correct(completion, answer))
+
+
+@per_completion
+def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
+    """The checker of each row's own dataset: GSM8K's numeric check or MATH's math-verify."""
+    return float(is_correct(completion, answer, source))
+
+
+_FORMATS: dict[str, Callable[[str], bool]] = {
+    # '####' then a number, at the start of a line (the GSM8K convention)
+    "hashes": lambda text: any(
+        line.strip().startswith("####") and _has_number(line.strip()[4:])
+        for line in text.splitlines()),
+    # a non-empty \boxed{...}
+    "boxed": lambda text: bool(last_boxed(text)),
+}
+ANSWER_FORMATS = tuple(_FORMATS)
+
+
+def _has_number(text: str) -> bool:
+    from grpo_core.answers import to_number
+
+    return to_number(text) is not None
+
+
+@per_completion
+def format_reward(completion: str, *, answer_format: str = "hashes", **_) -> float:
+    """1 if the completion states its final answer in the instructed form (`answer_format`)."""
+    return float(_FORMATS[answer_format](completion))
+
+
+@per_completion
+def soft_overlong(completion: str, *, token_count: int, max_new_tokens: int,
+                  overlong_buffer: int = 64, **_) -> float:
+    """DAPO eq. 13: 0 up to L_max - L_cache tokens, then falling linearly to -1 at L_max."""
+    safe = max_new_tokens - overlong_buffer
+    if token_count <= safe:
+        return 0.0
+    if token_count <= max_new_tokens:
+        return (safe - token_count) / overlong_buffer
+    return -1.0
+
+
+def reward_model(completions, *, prompts: Optional[Sequence[str]] = None,
+                 reward_model_dir: Optional[str] = None, reward_model_batch_size: int = 8,
+                 **_) -> list[float]:
+    """Logit 0 of a sequence-classification model on prompt + completion, in batches."""
+    import torch
+
+    if reward_model_dir is None:
+        raise UserError("reward function reward_model needs reward.reward_model: "
+                        "a local directory with a sequence-classification model")
+    model, tokenizer = _load_reward_model(reward_model_dir)
+    texts = [p + c for p, c in zip(prompts or [""] * len(completions), completions, strict=True)]
+    scores: list[float] = []
+    for start in range(0, len(texts), reward_model_batch_size):
+        batch = tokenizer(texts[start:start + reward_model_batch_size], return_tensors="pt",
+                          padding=True, truncation=True)
+        with torch.inference_mode():
+            logits = model(**batch).logits  # (B, num_labels)
+        scores.extend(logits[:, 0].float().tolist())
+    return scores
+
+
+@functools.lru_cache(maxsize=2)
+def _load_reward_model(path: str):
+    from pathlib import Path
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not Path(path).is_dir():
+        raise UserError(f"reward.reward_model: directory not found: {path}")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token is None:  # batching needs one; the model finds the last real token
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return model, tokenizer
+
+
+REWARDS: dict[str, RewardFn] = {
+    "gsm8k_accuracy": gsm8k_accuracy,
+    "math_accuracy": math_accuracy,
+    "accuracy": accuracy,
+    "format": format_reward,
+    "soft_overlong": soft_overlong,
+    "reward_model": reward_model,
+}
+
+
+# ------------------------------------------------------------------- resolving
+def resolve(name: str) -> RewardFn:
+    """A registered name, or a user function by dotted path ('pkg.module:fn' or 'pkg.module.fn')."""
+    if name in REWARDS:
+        return REWARDS[name]
+    module, sep, attr = name.partition(":") if ":" in name else name.rpartition(".")
+    if not sep or not module or not attr:
+        raise UserError(f"reward.functions: unknown reward function {name!r} "
+                        f"(built in: {', '.join(REWARDS)}; or a dotted path 'pkg.module:function')")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UserError(f"reward.functions: cannot import {name!r}: {exc}") from None
+    if not callable(fn):
+        raise UserError(f"reward.functions: {name!r} is not callable")
+    return fn
+
+
+def check_functions(names: Sequence[str], reward_model_dir: Optional[str] = None) -> dict[str, RewardFn]:
+    """Resolve every configured function at start-up, so a typo fails before any rollout."""
+    fns = {name: resolve(name) for name in names}
+    if "reward_model" in fns:
+        if reward_model_dir is None:
+            raise UserError("reward.functions has reward_model but reward.reward_model is not set")
+        _load_reward_model(reward_model_dir)
+    return fns
+
+
+# --------------------------------------------------------------------- scoring
+def score(completions: Sequence[str], *, answers: Sequence[str], sources: Sequence[str],
+          token_counts: Sequence[int], max_new_tokens: int, weights: dict[str, float],
+          time_limit_s: float = 5.0, **context: Any) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+    """Weighted sum of the configured reward functions.
+
+    Returns (total (N,), {name: (N,)}, metrics). A per-completion function gets `time_limit_s`
+    for each completion; any other function gets `time_limit_s * N` for the whole batch, and if it
+    raises or runs out of time every completion gets 0 from it. Failures are counted in
+    `reward/<name>/failures` (timeouts also in `reward/<name>/timeouts`)."""
+    n = len(completions)
+    for label, values in (("answers", answers), ("sources", sources), ("token_counts", token_counts)):
+        if len(values) != n:
+            raise ValueError(f"score: {len(values)} {label} for {n} completions")
+    kwargs = dict(answers=list(answers), sources=list(sources), token_counts=list(token_counts),
+                  max_new_tokens=max_new_tokens, time_limit_s=time_limit_s, **context)
+    total = np.zeros(n)  # (N,)
+    per_function: dict[str, np.ndarray] = {}
+    metrics: dict[str, float] = {}
+    for name, weight in weights.items():
+        raw = _call(resolve(name), list(completions), kwargs, time_limit_s * max(n, 1))
+        values, failures, timeouts = _check(name, raw, n)
+        per_function[name] = values
+        total += weight * values
+        metrics.update({f"reward/{name}/mean": float(values.mean()) if n else 0.0,
+                        f"reward/{name}/failures": failures,
+                        f"reward/{name}/timeouts": timeouts})
+    metrics["reward/total/mean"] = float(total.mean()) if n else 0.0
+    metrics["reward/total/std"] = float(total.std()) if n else 0.0
+    return total, per_function, metrics
+
+
+def _call(fn: RewardFn, completions: list[str], kwargs: dict, batch_limit: float) -> Any:
+    if getattr(fn, "per_completion", False):
+        return fn(completions, **kwargs)
+    try:
+        return call_with_limit(lambda: fn(completions, **kwargs), batch_limit)
+    except UserError:
+        raise
+    except RewardTimeout:
+        return [_Failed(timeout=True)] * len(completions)
+    except Exception:
+        return [_Failed(timeout=False)] * len(completions)
+
+
+def _check(name: str, raw: Any, n: int) -> tuple[np.ndarray, int, int]:
+    """Values as (N,) float64 with failures as 0; wrong length or non-finite -> UserError."""
+    try:
+        raw = list(raw)
+    except TypeError:
+        raise UserError(f"reward function {name} returned {type(raw).__name__}, "
+                        "expected a list of numbers") from None
+    if len(raw) != n:
+        raise UserError(f"reward function {name} returned {len(raw)} values for {n} completions")
+    values = np.zeros(n)
+    failures = timeouts = 0
+    for i, v in enumerate(raw):
+        if v is None or isinstance(v, _Failed):
+            failures += 1
+            timeouts += int(isinstance(v, _Failed) and v.timeout)
+            continue
+        try:
+            values[i] = float(v)
+        except (TypeError, ValueError):
+            raise UserError(f"reward function {name} returned {v!r} for completion {i}, "
+                            "expected a number") from None
+        if not math.isfinite(values[i]):
+            raise UserError(f"reward function {name} returned a non-finite value ({v}) "
+                            f"for completion {i}")
+    return values, failures, timeouts
