@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -83,7 +84,9 @@ class Learner:
         self.model.train()
         for epoch in range(h.mu):
             self._epoch(batch, mask, weights, ref, chunks, epoch, state, sums)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # the schedule counts iterations, skipped steps included
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
+            self.scheduler.step()
         self.iteration += 1
         if (h.ref_refresh_every and self.iteration % h.ref_refresh_every == 0
                 and self.reference is not None):

@@ -67,3 +67,39 @@ def sft_dir(tmp_path_factory) -> Path:
     from grpo_core.checkpoint import materialize
 
     return materialize("bundled:smollm2-135m-instruct", tmp_path_factory.mktemp("sft") / "sft")
+
+
+@pytest.fixture
+def tiny_llama_factory():
+    """Build a tiny random Llama (seeded, float32) with config overrides, e.g. vocab_size=16."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    def make(**overrides):
+        torch.manual_seed(0)
+        return LlamaForCausalLM(tiny_llama_config(**overrides)).eval()
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_sft_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
+    """A tiny random Llama (head_dim 64, which vLLM's CPU attention supports) saved as a plain
+    safetensors HF directory with SmolLM2's real tokenizer and chat template: the whole
+    pipeline runs on it in seconds."""
+    import torch
+    from transformers import GenerationConfig, LlamaForCausalLM
+
+    tok = smollm2_tokenizer
+    out = tmp_path_factory.mktemp("tiny-sft")
+    torch.manual_seed(0)
+    cfg = tiny_llama_config(vocab_size=len(tok), hidden_size=128, intermediate_size=256,
+                            num_attention_heads=2, num_key_value_heads=1,
+                            bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id if tok.pad_token_id is not None
+                            else tok.eos_token_id, max_position_embeddings=2048)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config = GenerationConfig(bos_token_id=cfg.bos_token_id,
+                                               eos_token_id=cfg.eos_token_id)
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    return out

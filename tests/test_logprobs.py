@@ -1,0 +1,88 @@
+"""Chunked completion log-probs vs the naive full log-softmax and vs unpadded forwards; the
+padded batch layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from grpo_core.batch import build_batch
+from grpo_core.logprobs import naive_token_logprobs, token_logprobs
+
+PROMPTS = [[1, 40, 41], [1, 50, 51, 52, 53], [1], [1, 60, 61, 62, 63, 64, 65]]
+COMPLETIONS = [[70, 71, 72, 73], [80], [90, 91, 92, 93, 94, 95], [100, 101, 102]]
+
+
+@pytest.fixture
+def batch():
+    return build_batch(PROMPTS, COMPLETIONS, [1.0, -1.0, 0.5, -0.5], pad_id=0,
+                       sampler_logprobs=[[-0.1] * len(c) for c in COMPLETIONS],
+                       truncated=[False, True, False, False])
+
+
+def test_build_batch_layout(batch):
+    # prompts left-padded to 7, completions right-padded to 6: completions start at column 7
+    assert batch.input_ids.shape == (4, 13) and batch.completion_mask.shape == (4, 6)
+    assert batch.input_ids[0].tolist() == [0, 0, 0, 0, 1, 40, 41, 70, 71, 72, 73, 0, 0]
+    assert batch.attention_mask[0].tolist() == [0] * 4 + [1] * 7 + [0] * 2
+    assert batch.completion_mask[1].tolist() == [1, 0, 0, 0, 0, 0]
+    assert batch.input_ids[2, 6:].tolist() == [1, 90, 91, 92, 93, 94, 95]
+    assert batch.sampler_logp[0].tolist() == pytest.approx([-0.1] * 4 + [0.0, 0.0])
+    assert batch.truncated.tolist() == [False, True, False, False]
+
+
+def test_rows_trims_padding_columns(batch):
+    sub = batch.rows(torch.tensor([0, 1]))
+    # longest prompt among rows 0-1 is 5, longest completion 4
+    assert sub.input_ids.shape == (2, 9) and sub.completion_mask.shape == (2, 4)
+    assert sub.input_ids[0].tolist() == [0, 0, 1, 40, 41, 70, 71, 72, 73]
+    assert sub.advantages.tolist() == [1.0, -1.0]
+
+
+def test_build_batch_errors():
+    with pytest.raises(ValueError, match="at least one token"):
+        build_batch([[]], [[5]], [0.0], pad_id=0)
+    with pytest.raises(ValueError, match="row 0: 1 sampler log-probs for 2"):
+        build_batch([[1]], [[5, 6]], [0.0], pad_id=0, sampler_logprobs=[[-1.0]])
+    with pytest.raises(ValueError, match="2 rows but 1 advantages"):
+        build_batch([[1], [1]], [[5], [6]], [0.0], pad_id=0)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 1024])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_chunked_equals_unpadded_forward(tiny_llama, batch, chunk, temperature):
+    logp = token_logprobs(tiny_llama, batch.input_ids, batch.attention_mask,
+                         batch.completion_mask, temperature=temperature, chunk_tokens=chunk)
+    for i, (p, c) in enumerate(zip(PROMPTS, COMPLETIONS)):
+        logits = tiny_llama(torch.tensor([p + c])).logits[0, len(p) - 1:-1] / temperature
+        expected = logits.log_softmax(-1).gather(1, torch.tensor(c).unsqueeze(1)).squeeze(1)
+        torch.testing.assert_close(logp[i, :len(c)], expected, atol=2e-6, rtol=1e-5)
+        assert (logp[i, len(c):] == 0).all()
+
+
+def test_chunked_equals_naive_values_grads_entropy(tiny_llama, batch):
+    args = (batch.input_ids, batch.attention_mask, batch.completion_mask)
+    logp, entropy = token_logprobs(tiny_llama, *args, temperature=0.8, with_entropy=True,
+                                   chunk_tokens=3)
+    (logp * torch.linspace(-1, 1, logp.numel()).reshape(logp.shape)).sum().backward()
+    chunked_grads = [p.grad.clone() for p in tiny_llama.parameters()]
+    tiny_llama.zero_grad()
+    naive = naive_token_logprobs(tiny_llama, *args, temperature=0.8)
+    (naive * torch.linspace(-1, 1, naive.numel()).reshape(naive.shape)).sum().backward()
+    torch.testing.assert_close(logp, naive, atol=2e-6, rtol=1e-5)
+    for got, want in zip(chunked_grads, (p.grad for p in tiny_llama.parameters())):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    with torch.no_grad():  # entropy of the tempered distribution at each completion token
+        logits = tiny_llama(batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=(batch.attention_mask.cumsum(1) - 1).clamp(min=0)).logits
+        lp = (logits[:, 6:12] / 0.8).log_softmax(-1)
+        want = -(lp.exp() * lp).sum(-1) * batch.completion_mask
+    torch.testing.assert_close(entropy, want, atol=1e-5, rtol=1e-5)
+    assert not entropy.requires_grad
+
+
+def test_no_grad_mode_and_empty_mask(tiny_llama, batch):
+    with torch.no_grad():
+        logp = token_logprobs(tiny_llama, batch.input_ids, batch.attention_mask,
+                              torch.zeros_like(batch.completion_mask))
+    assert logp.shape == (4, 6) and (logp == 0).all()

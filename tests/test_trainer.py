@@ -1,0 +1,205 @@
+"""The update step on a real (tiny, random) Llama: exact gradient accumulation, REINFORCE
+equivalence, TIS, truncation masking, non-finite skipping, weight export, exact resume."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from grpo_core.advantages import group_advantages
+from grpo_core.batch import build_batch
+from grpo_core.config import AlgorithmConfig, TrainConfig
+from grpo_core.logprobs import naive_token_logprobs
+from grpo_core.losses import AGGREGATIONS
+from grpo_core.optim import UpdateHyper, lr_factor
+from grpo_core.trainer import Learner
+
+P, G = 2, 4
+
+
+def make_rows(seed=0):
+    """P*G rows of random prompts (2-6 tokens) and completions (1-7 tokens), advantages."""
+    g = torch.Generator().manual_seed(seed)
+    prompts, completions = [], []
+    for i in range(P * G):
+        prompt = [1] + torch.randint(3, 256, (int(torch.randint(1, 6, (1,), generator=g)),),
+                                     generator=g).tolist()
+        prompts.append(prompt)
+        n = int(torch.randint(1, 8, (1,), generator=g))
+        completions.append(torch.randint(3, 256, (n,), generator=g).tolist())
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.5, 1.0, 0.0]])  # (P, G)
+    return prompts, completions, group_advantages(rewards).reshape(-1)
+
+
+def make_batch(seed=0, truncated=None, sampler_shift=None):
+    prompts, completions, adv = make_rows(seed)
+    sampler = None if sampler_shift is None else [[-7.0] * len(c) for c in completions]
+    return build_batch(prompts, completions, adv, pad_id=0, truncated=truncated,
+                       sampler_logprobs=sampler)
+
+
+def hyper(**kw):
+    base = dict(autocast="float32", learning_rate=1e-3, max_grad_norm=1e9, micro_batch_size=8)
+    base.update(kw)
+    return UpdateHyper(**base)
+
+
+def grads_after_update(model, h, batch):
+    learner = Learner(copy.deepcopy(model), h)
+    metrics = learner.update(batch)
+    return [p.grad.clone() for p in learner.model.parameters()], metrics
+
+
+@pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_microbatches_equal_full_batch_gradient(tiny_llama, mode, level):
+    batch = make_batch()
+    kw = dict(loss_aggregation=mode, ratio_level=level, beta=0.05, max_completion_len=10)
+    full, _ = grads_after_update(tiny_llama, hyper(micro_batch_size=8, **kw), batch)
+    micro, m = grads_after_update(tiny_llama, hyper(micro_batch_size=3, **kw), batch)
+    for a, b in zip(full, micro):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert m["kl"] == pytest.approx(0.0, abs=1e-6)  # reference == policy before the step
+
+
+def test_mu1_equals_reinforce_with_group_baseline(tiny_llama):
+    batch = make_batch()
+    got, m = grads_after_update(tiny_llama, hyper(loss_aggregation="seq_mean_token_mean",
+                                                  micro_batch_size=3), batch)
+    assert m["ratio_min"] == m["ratio_max"] == 1.0 and m["clip_frac_high"] == 0.0
+    # REINFORCE: -1/B sum_i A_i * 1/|o_i| sum_t grad log pi(o_it), A = group-normalised reward
+    model = copy.deepcopy(tiny_llama)
+    logp = naive_token_logprobs(model, batch.input_ids, batch.attention_mask,
+                                batch.completion_mask)
+    lengths = batch.completion_mask.sum(1)
+    (-(batch.advantages * logp.sum(1) / lengths).mean()).backward()
+    for a, p in zip(got, model.parameters()):
+        torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_mu2_second_epoch_uses_frozen_old_logp(tiny_llama):
+    learner = Learner(copy.deepcopy(tiny_llama), hyper(mu=3, learning_rate=3e-2))
+    m = learner.update(make_batch())
+    assert m["optimizer_steps"] == 3
+    assert m["ratio_max"] > 1.0 and m["ratio_min"] < 1.0  # later epochs moved off pi_old
+
+
+def test_tis_weight_scales_the_gradient(tiny_llama):
+    # the sampler reports -7 per token, the random model gives about -4.2 to -5.1, so
+    # exp(old - sampler) > 2 everywhere and the cap 2 binds: gradient doubles exactly
+    batch = make_batch(sampler_shift=True)
+    plain, _ = grads_after_update(tiny_llama, hyper(), batch)
+    with_tis, _ = grads_after_update(tiny_llama, hyper(tis_cap=2.0), batch)
+    logp = naive_token_logprobs(tiny_llama, batch.input_ids, batch.attention_mask,
+                                batch.completion_mask)
+    assert ((logp - batch.sampler_logp)[batch.completion_mask > 0] > 0.7).all()  # e^0.7 > 2
+    for a, b in zip(plain, with_tis):
+        torch.testing.assert_close(b, 2 * a, atol=1e-6, rtol=1e-5)
+
+
+def test_mask_truncated_equals_dropping_the_rows(tiny_llama):
+    drop = [False, True, False, False, True, False, False, False]
+    batch = make_batch(truncated=drop)
+    masked, m = grads_after_update(tiny_llama, hyper(mask_truncated=True), batch)
+    keep = torch.tensor([not d for d in drop])
+    prompts, completions, adv = make_rows()
+    small = build_batch([p for p, d in zip(prompts, drop) if not d],
+                        [c for c, d in zip(completions, drop) if not d], adv[keep], pad_id=0)
+    expected, m2 = grads_after_update(tiny_llama, hyper(), small)
+    assert m["tokens"] == m2["tokens"]
+    for a, b in zip(masked, expected):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_non_finite_loss_skips_the_step(tiny_llama):
+    batch = make_batch()
+    bad = type(batch)(**{**vars(batch), "advantages": torch.full((P * G,), float("nan"))})
+    learner = Learner(copy.deepcopy(tiny_llama), hyper())
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    m = learner.update(bad)
+    assert m["skipped"] == 1.0
+    assert all(torch.equal(a, b) for a, b in zip(before, learner.model.parameters()))
+    assert learner.update(batch)["skipped"] == 0.0  # the next good batch trains normally
+
+
+def test_reference_skipped_at_beta0_and_refreshed(tiny_llama):
+    assert Learner(copy.deepcopy(tiny_llama), hyper()).reference is None
+    learner = Learner(copy.deepcopy(tiny_llama), hyper(beta=0.1, ref_refresh_every=2,
+                                                       learning_rate=1e-2))
+    batch = make_batch()
+    learner.update(batch)
+    assert learner.update(batch)["kl"] > 0  # policy moved away from the initial reference
+    # iteration 2 refreshed the reference: KL is back to zero before the next step
+    assert learner.update(batch)["kl"] == pytest.approx(0.0, abs=1e-7)
+
+
+def test_exact_resume(tiny_llama, tmp_path):
+    h = hyper(lr_schedule="cosine", warmup_iterations=1, iterations=4, mu=2, beta=0.05,
+              ref_refresh_every=2)
+    straight = Learner(copy.deepcopy(tiny_llama), h)
+    for seed in range(3):
+        straight.update(make_batch(seed))
+    first = Learner(copy.deepcopy(tiny_llama), h)
+    for seed in range(2):
+        first.update(make_batch(seed))
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    resumed = Learner(copy.deepcopy(tiny_llama), h)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    m = resumed.update(make_batch(2))
+    assert m["lr"] == pytest.approx(1e-3 * lr_factor("cosine", 1, 4)(2))
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_sync_weights_and_save_pretrained(tiny_llama, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    learner = Learner(copy.deepcopy(tiny_llama), hyper())
+    learner.update(make_batch())
+    names = dict(learner.sync_weights())
+    assert set(names) >= {n for n, _ in learner.model.named_parameters()}
+    out = learner.save_pretrained(tmp_path / "ckpt")
+    assert (out / "model.safetensors").is_file() and not (tmp_path / "ckpt.tmp").exists()
+    loaded = LlamaForCausalLM.from_pretrained(out)
+    for name, tensor in loaded.state_dict().items():
+        assert torch.equal(tensor, names[name]), name
+
+
+def test_lora_merged_weights(tiny_llama, tmp_path):
+    from transformers import LlamaForCausalLM
+
+    learner = Learner(copy.deepcopy(tiny_llama), hyper(lora_enabled=True, lora_r=4,
+                                                       learning_rate=1e-2, beta=0.1))
+    trainable = [n for n, p in learner.model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    batch = make_batch()
+    learner.update(batch)
+    assert learner.update(batch)["kl"] > 0  # reference = adapters disabled
+    names = dict(learner.sync_weights())
+    assert "model.layers.0.self_attn.q_proj.weight" in names
+    assert not any("lora" in n or "base_layer" in n for n in names)
+    loaded = LlamaForCausalLM.from_pretrained(learner.save_pretrained(tmp_path / "merged"))
+    with torch.no_grad():
+        want = learner.model(batch.input_ids, attention_mask=batch.attention_mask).logits
+        got = loaded(batch.input_ids, attention_mask=batch.attention_mask).logits
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not torch.equal(names["model.layers.0.self_attn.q_proj.weight"],
+                           tiny_llama.state_dict()["model.layers.0.self_attn.q_proj.weight"])
+
+
+def test_hyper_from_config_sections():
+    algo = AlgorithmConfig(beta=0.04, clip_high=0.28).model_dump()
+    train = TrainConfig().model_dump()
+    h = UpdateHyper.from_sections(algo, train, temperature=0.9, max_completion_len=200)
+    assert (h.beta, h.clip_high, h.temperature, h.max_completion_len) == (0.04, 0.28, 0.9, 200)
+    assert h.micro_batch_size == train["micro_batch_size"] and h.lora_enabled is False
+    assert h.lora_target_modules == tuple(train["lora"]["target_modules"])
+
+
+def test_lr_schedule_warmup_then_decay():
+    f = lr_factor("linear", warmup=2, total=6)
+    assert [round(f(i), 4) for i in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
+    c = lr_factor("cosine", warmup=0, total=4)
+    assert c(0) == 1.0 and c(2) == pytest.approx(0.5) and c(4) == pytest.approx(0.0)
