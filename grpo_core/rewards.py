@@ -189,10 +189,10 @@ def reward_model(completions, *, prompts: Optional[Sequence[str]] = None,
 def _load_reward_model(path: str):
     from pathlib import Path
 
+    if not Path(path).is_dir():  # before importing transformers: that takes seconds
+        raise UserError(f"reward.reward_model: directory not found: {path}")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    if not Path(path).is_dir():
-        raise UserError(f"reward.reward_model: directory not found: {path}")
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token is None:  # batching needs one; the model finds the last real token
         tokenizer.pad_token = tokenizer.eos_token
