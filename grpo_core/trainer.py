@@ -84,14 +84,20 @@ class Learner:
         self.model.train()
         for epoch in range(h.mu):
             self._epoch(batch, mask, weights, ref, chunks, epoch, state, sums)
+        self.skip_iteration()
+        return self._summary(sums, mask, lr, ref_s, time.perf_counter() - start - ref_s)
+
+    def skip_iteration(self) -> None:
+        """End an iteration: advance the schedule and the counter, refresh the reference
+        every `ref_refresh_every` iterations. `update` calls it; call it directly for an
+        iteration with nothing to train on (every group filtered) to keep the schedule aligned."""
         with warnings.catch_warnings():  # the schedule counts iterations, skipped steps included
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step")
             self.scheduler.step()
         self.iteration += 1
-        if (h.ref_refresh_every and self.iteration % h.ref_refresh_every == 0
-                and self.reference is not None):
+        every = self.hyper.ref_refresh_every
+        if every and self.iteration % every == 0 and self.reference is not None:
             self.refresh_reference()
-        return self._summary(sums, mask, lr, ref_s, time.perf_counter() - start - ref_s)
 
     def _epoch(self, batch, mask, weights, ref, chunks, epoch, state, sums) -> None:
         """Accumulate the full-batch gradient over micro-batches, then one optimizer step."""

@@ -146,7 +146,7 @@ def test_exact_resume(tiny_llama, tmp_path):
         first.update(make_batch(seed))
     torch.save(first.state_dict(), tmp_path / "state.pt")
     resumed = Learner(copy.deepcopy(tiny_llama), h)
-    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=False))
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
     m = resumed.update(make_batch(2))
     assert m["lr"] == pytest.approx(1e-3 * lr_factor("cosine", 1, 4)(2))
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
@@ -203,3 +203,19 @@ def test_lr_schedule_warmup_then_decay():
     assert [round(f(i), 4) for i in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
     c = lr_factor("cosine", warmup=0, total=4)
     assert c(0) == 1.0 and c(2) == pytest.approx(0.5) and c(4) == pytest.approx(0.0)
+
+
+def test_save_refuses_non_finite_weights(tiny_llama, tmp_path):
+    learner = Learner(copy.deepcopy(tiny_llama), hyper())
+    with torch.no_grad():
+        next(learner.model.parameters())[0, 0] = float("inf")
+    with pytest.raises(RuntimeError, match="non-finite"):
+        learner.save_pretrained(tmp_path / "bad")
+    assert not (tmp_path / "bad").exists() and not (tmp_path / "bad.tmp").exists()
+
+
+def test_skip_iteration_advances_schedule(tiny_llama):
+    learner = Learner(copy.deepcopy(tiny_llama), hyper(lr_schedule="linear", iterations=4))
+    learner.skip_iteration()
+    assert learner.iteration == 1
+    assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.75)

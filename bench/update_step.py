@@ -1,0 +1,157 @@
+"""Benchmark: one GRPO update on SmolLM2-135M-Instruct, and the log-prob routine.
+
+    .venv/bin/python bench/update_step.py [--quick] [--json PATH] [--model-dir DIR]
+
+Measures (each case in its own subprocess, so peak memory is that case's own):
+- one `Learner.update` on B completions (default 32, of 128-256 tokens; prompts of 64 tokens)
+  with float32 vs bfloat16 autocast and a few micro-batch sizes;
+- forward + backward of the chunked `token_logprobs` vs the naive full float32 log-softmax
+  on one micro-batch.
+Time is wall-clock seconds; memory is the peak RSS of the subprocess (CPU) or
+`torch.cuda.max_memory_allocated` (GPU), minus the footprint right after loading the model.
+`--quick`: 8 completions of 128 tokens, fewer cases (a smoke run, about a few minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def cases(quick: bool) -> list[dict]:
+    rows, lo, hi = (8, 128, 128) if quick else (32, 128, 256)
+    shape = dict(rows=rows, min_len=lo, max_len=hi)
+    update = [dict(kind="update", autocast=a, micro=m, **shape)
+              for a, m in ([("float32", 8), ("bfloat16", 8)] if quick else
+                           [("float32", 8), ("bfloat16", 8), ("bfloat16", 4), ("bfloat16", 16)])]
+    lp_rows = min(rows, 8)
+    logp = [dict(kind="logprobs", method=m, autocast="float32", rows=lp_rows, min_len=lo,
+                 max_len=hi) for m in ("chunked", "naive")]
+    return update + logp
+
+
+def peak_mb(device) -> float:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_batch(case: dict, vocab: int, seed: int = 0):
+    import torch
+
+    from grpo_core.batch import build_batch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = case["rows"]
+    prompts = [torch.randint(100, vocab, (64,), generator=g).tolist() for _ in range(rows)]
+    lengths = torch.randint(case["min_len"], case["max_len"] + 1, (rows,), generator=g)
+    completions = [torch.randint(100, vocab, (int(n),), generator=g).tolist() for n in lengths]
+    adv = torch.randn(rows, generator=g)
+    return build_batch(prompts, completions, adv, pad_id=0)
+
+
+def worker(case: dict, model_dir: str) -> dict:
+    """Run one case in this process and return its figures."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).to(device)
+    batch = make_batch(case, model.config.vocab_size).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    base = peak_mb(device) if device.type == "cuda" else _rss_mb()
+    run = _run_update if case["kind"] == "update" else _run_logprobs
+    seconds, extra = run(model, batch, case)
+    return dict(case, device=device.type, seconds=seconds, peak_mb=peak_mb(device) - base,
+                tokens=int(batch.completion_mask.sum()), **extra)
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _run_update(model, batch, case):
+    from grpo_core.optim import UpdateHyper
+    from grpo_core.trainer import Learner
+
+    hyper = UpdateHyper(autocast=case["autocast"], micro_batch_size=case["micro"],
+                        learning_rate=1e-6)
+    learner = Learner(model, hyper)
+    start = time.perf_counter()
+    metrics = learner.update(batch)
+    return time.perf_counter() - start, {"loss": metrics["loss"]}
+
+
+def _run_logprobs(model, batch, case):
+    import torch
+
+    from grpo_core.logprobs import naive_token_logprobs, token_logprobs
+
+    fn = token_logprobs if case["method"] == "chunked" else naive_token_logprobs
+    start = time.perf_counter()
+    logp = fn(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    (logp * batch.completion_mask).sum().backward()
+    if batch.input_ids.is_cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start, {"logp_sum": float(logp.sum())}
+
+
+def model_dir(arg: str | None) -> str:
+    if arg:
+        return arg
+    from grpo_core.checkpoint import materialize
+
+    return str(materialize("bundled:smollm2-135m-instruct", ROOT / "models" / "sft"))
+
+
+def label(r: dict) -> str:
+    if r["kind"] == "update":
+        return f"update  {r['autocast']:<8} micro={r['micro']:<3}"
+    return f"logprob {r['method']:<8} fwd+bwd  "
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--model-dir", help="HF directory (default: materialise the bundled SmolLM2)")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker), args.model_dir)))
+        return 0
+    where = model_dir(args.model_dir)
+    results = []
+    print(f"{'case':<34} {'rows':>4} {'tokens':>6} {'seconds':>8} {'peak MB':>8}")
+    for case in cases(args.quick):
+        out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case),
+                              "--model-dir", where], capture_output=True, text=True)
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+        if out.returncode != 0 or not line:
+            print(f"{json.dumps(case)} failed:\n{out.stderr[-2000:]}", file=sys.stderr)
+            return 1
+        r = json.loads(line[0][len("RESULT "):])
+        results.append(r)
+        print(f"{label(r):<34} {r['rows']:>4} {r['tokens']:>6} {r['seconds']:>8.2f} "
+              f"{r['peak_mb']:>8.0f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
