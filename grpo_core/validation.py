@@ -20,7 +20,7 @@ import pandas as pd
 from grpo_core.data import SCHEMA, question_key
 from grpo_core.errors import UserError
 
-NUMERIC = r"^-?\d+(\.\d+)?$"  # a canonical GSM8K answer: commas removed by `prepare`
+NUMERIC = r"^-?\d+(?:\.\d+)?$"  # a canonical GSM8K answer: commas removed by `prepare`
 KEY = "question_key"
 
 
