@@ -49,6 +49,7 @@ COMMANDS: dict[str, Command] = {
                       "flows.cli:show_config"),
     "prepare": Command("load GSM8K/MATH, normalise to data/processed/*.parquet", "flows.prepare:cli"),
     "validate": Command("run the Great Expectations suites on the processed data", "flows.validate:cli"),
+    "checkpoint": Command("materialise the SFT checkpoint (checkpoint.source) as safetensors", "flows.checkpoint:cli"),
     "train": Command("GRPO training: rollouts, rewards, updates, checkpoints (a Prefect flow)",
                      "flows.train:cli",
                      (arg("--resume", action="store_true",
