@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import pandas as pd
-
 from grpo_core import data
 from grpo_core.config import Config
 
@@ -44,14 +42,6 @@ def run(cfg: Config) -> tuple[dict[str, Path], dict]:
     manifest = Path(cfg.data.processed_dir) / "manifest.json"
     manifest.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return paths, metrics
-
-
-def load_mixture(cfg: Config) -> pd.DataFrame:
-    """The configured training mixture from the processed files (for the training flow)."""
-    specs = [(data.processed_name(d.name, d.split), d.rows) for d in cfg.data.train]
-    paths = processed_paths(cfg, train_splits(cfg))
-    frames = {key: data.load_processed(path) for key, path in paths.items()}
-    return data.training_mixture(frames, specs, cfg.data.seed)
 
 
 def cli(cfg: Config, args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ metrics, rather than failing the whole dataset.
 from __future__ import annotations
 
 import json
+import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,8 +69,10 @@ def _level(value: Any, where: str) -> Optional[int]:
     """5, "5" or "Level 5" -> 5; null, "?" or "Level ?" -> None (MATH has two of those)."""
     if value is None or (isinstance(value, float) and value != value):
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):  # numpy ints too
+        return int(value)
+    if isinstance(value, float) and value.is_integer():  # parquet may hold levels as floats
+        return int(value)
     text = str(value).strip()
     if text in ("?", "Level ?", ""):
         return None

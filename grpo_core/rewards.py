@@ -149,6 +149,9 @@ def _has_number(text: str) -> bool:
 @per_completion
 def format_reward(completion: str, *, answer_format: str = "hashes", **_) -> float:
     """1 if the completion states its final answer in the instructed form (`answer_format`)."""
+    if answer_format not in _FORMATS:
+        raise UserError(f"reward.answer_format must be one of {', '.join(_FORMATS)}, "
+                        f"got {answer_format!r}")
     return float(_FORMATS[answer_format](completion))
 
 

@@ -132,7 +132,10 @@ def test_json_and_parquet_inputs_give_the_same_rows_as_jsonl(tmp_path):
     _write(tmp_path / "b", "math/test.json", json.dumps(rows, indent=1))
     (tmp_path / "c" / "math").mkdir(parents=True)
     pd.DataFrame(rows).to_parquet(tmp_path / "c" / "math" / "test.parquet")
-    frames = [data.load_split(tmp_path / d, "math", "test")[0] for d in "abc"]
+    (tmp_path / "d" / "math").mkdir(parents=True)  # levels stored as numbers
+    pd.DataFrame(rows).assign(level=[1.0, 2.0, 3.0, 4.0]).to_parquet(
+        tmp_path / "d" / "math" / "test.parquet")
+    frames = [data.load_split(tmp_path / d, "math", "test")[0] for d in "abcd"]
     for other in frames[1:]:
         pd.testing.assert_frame_equal(frames[0], other)
     assert frames[0]["answer"].tolist() == ["0", "1", "2", "3"]

@@ -122,7 +122,12 @@ def test_format(completion, form, expected):
     assert total.tolist() == [expected]
 
 
-def test_soft_overlong_is_daspo_eq13_by_hand():
+def test_unknown_answer_format_is_a_user_error_not_a_silent_zero():
+    with pytest.raises(UserError, match="reward.answer_format must be one of hashes, boxed"):
+        _score(["#### 1"], ["1"], {"format": 1.0}, answer_format="xml")
+
+
+def test_soft_overlong_is_dapo_eq13_by_hand():
     # L_max = 200, L_cache = 64: 0 up to 136 tokens, then (136 - L) / 64, -1 beyond 200
     counts = [10, 136, 150, 190, 200, 250]
     total, _, _ = _score(["x"] * 6, ["1"] * 6, {"soft_overlong": 1.0}, token_counts=counts,
