@@ -1,6 +1,7 @@
 """`grpo validate`: Great Expectations suites over the processed datasets.
 
-Writes the JSON report (validate.report, a DVC metric) and Data Docs HTML (validate.data_docs).
+Writes the JSON report (validate.report, a DVC metric) and, in validate.data_docs, GX Data Docs
+HTML plus a self-contained summary.html.
 On failure it prints what failed and stops with exit status 2, so nothing trains on bad data.
 """
 
@@ -26,6 +27,8 @@ def run(cfg: Config) -> tuple[dict, bool]:
         min_chars=v.min_question_chars, max_chars=v.max_question_chars,
         sample_rows=v.sample_rows, docs_dir=Path(v.data_docs) if v.data_docs else None)
     validation.write_report(report, v.report)
+    if v.data_docs:
+        validation.write_html(report, Path(v.data_docs) / "summary.html")
     return report, ok
 
 

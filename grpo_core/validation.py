@@ -176,6 +176,34 @@ def write_report(report: dict, path: str | Path) -> Path:
     return path
 
 
+def write_html(report: dict, path: str | Path) -> Path:
+    """A self-contained HTML table of the report. GX Data Docs pull their scripts and styles
+    from CDNs when opened; this page needs nothing beyond the file itself."""
+    from html import escape
+
+    rows = []
+    for name, d in report["datasets"].items():
+        for r in d["expectations"]:
+            mark = "pass" if r["success"] else "FAIL"
+            rows.append(
+                f"<tr class='{mark}'><td>{escape(name)}</td><td>{escape(r['expectation'])}</td>"
+                f"<td>{escape(str(r.get('column') or ''))}</td><td>{mark}</td>"
+                f"<td>{r['unexpected_count']} / {d['rows']}</td>"
+                f"<td>{escape(', '.join(r.get('example_ids') or []))}</td></tr>")
+    verdict = "passed" if report["success"] else f"failed ({report['failed_expectations']})"
+    page = (
+        "<!doctype html><meta charset='utf-8'><title>Data validation</title>"
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px;text-align:left}"
+        ".FAIL{background:#fdd}</style>"
+        f"<h1>Data validation {escape(verdict)}</h1><table><tr><th>dataset</th>"
+        "<th>expectation</th><th>column</th><th>result</th><th>unexpected rows</th>"
+        "<th>example ids</th></tr>" + "".join(rows) + "</table>\n")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
 def summary(report: dict, limit: int = 10) -> str:
     """What failed, for a person: one line per failed expectation, with rows and example ids."""
     lines = []

@@ -10,7 +10,7 @@ import pytest
 
 from grpo_core import data
 from grpo_core.errors import UserError
-from grpo_core.validation import summary, validate, write_report
+from grpo_core.validation import summary, validate, write_html, write_report
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,9 @@ def test_real_files_pass_and_write_report_and_data_docs(real, tmp_path):
     path = write_report(report, tmp_path / "metrics" / "validation.json")
     assert json.loads(path.read_text())["success"] is True
     assert summary(report) == "all expectations passed"
+    page = write_html(report, tmp_path / "summary.html").read_text()
+    assert "Data validation passed" in page and "<td>gsm8k_train</td>" in page
+    assert "FAIL" not in page.replace(".FAIL", "") and "http" not in page
 
 
 def test_real_contamination_between_math_train_and_math_test_is_caught(real):
@@ -102,6 +105,8 @@ def test_broken_copies_fail_with_the_right_expectation(real, tmp_path):
         m["id"][0], m["id"][1]]
     assert by[("gsm8k_columns", "expect_table_columns_to_match_set")]["missing_columns"] == [
         "solution"]
+    page = write_html(report, tmp_path / "summary.html").read_text()
+    assert "<tr class='FAIL'><td>gsm8k_dups</td><td>expect_column_values_to_be_unique</td>" in page
     text = summary(report)
     assert text.startswith(f"data validation failed ({report['failed_expectations']} expectations)")
     assert ("gsm8k_words: expect_column_values_to_match_regex on 'answer' failed: 1 of 200 rows; "
