@@ -25,6 +25,7 @@ import importlib
 import math
 import signal
 import threading
+import time
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -66,16 +67,22 @@ def call_with_limit(fn: Callable[[], Any], seconds: float) -> Any:
 
 
 def _with_alarm(fn: Callable[[], Any], seconds: float) -> Any:
+    """SIGALRM limit that nests: an enclosing timer keeps running and is re-armed after."""
     def on_alarm(signum, frame):
         raise RewardTimeout(f"exceeded {seconds:g} s")
 
+    outer_left, _ = signal.getitimer(signal.ITIMER_REAL)
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, min(seconds, outer_left) if outer_left > 0 else seconds)
     try:
         return fn()
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+        if outer_left > 0:  # the enclosing limit goes on counting from where it was
+            left = outer_left - (time.monotonic() - start)
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3))
 
 
 # -------------------------------------------------------------------- lifting

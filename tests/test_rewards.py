@@ -194,6 +194,19 @@ def test_a_raising_or_slow_completion_scores_zero_and_is_counted(user_rewards):
             m[f"reward/{user_rewards}:picky/timeouts"]) == (2, 1)
 
 
+def test_nested_limits_keep_the_outer_one():
+    def inner_then_sleep():
+        assert rewards.call_with_limit(lambda: "fast", 5.0) == "fast"
+        time.sleep(2.0)  # the outer 0.3 s limit must still fire
+
+    t0 = time.perf_counter()
+    with pytest.raises(rewards.RewardTimeout):
+        rewards.call_with_limit(inner_then_sleep, 0.3)
+    assert time.perf_counter() - t0 < 1.0
+    with pytest.raises(rewards.RewardTimeout):  # an inner limit shorter than the outer one
+        rewards.call_with_limit(lambda: rewards.call_with_limit(lambda: time.sleep(2), 0.2), 5.0)
+
+
 def test_time_limit_also_holds_outside_the_main_thread(user_rewards):
     out = {}
 
