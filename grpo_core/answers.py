@@ -14,6 +14,7 @@ the caller (`grpo_core.rewards.score`) enforces the time limit, in any thread.
 
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 from typing import Callable, Optional
@@ -100,13 +101,21 @@ def math_correct(completion: str, gold: str) -> bool:
     """math-verify equivalence of the completion's answer and the gold MATH answer. The gold is
     wrapped in `\\boxed{}` so math-verify reads it as LaTeX. No internal timeout (see module doc)."""
     parse, verify = _math_verify()
-    gold_parsed = parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
+    gold_parsed = _parse_gold(gold)
     if not gold_parsed:
         return False
     pred_parsed = parse(completion, parsing_timeout=None)
     if not pred_parsed:
         return False
     return bool(verify(gold_parsed, pred_parsed, timeout_seconds=None))
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(gold: str) -> list:
+    """Parsed once per gold answer: a GRPO group checks G completions against the same one.
+    (An interrupted parse raises, so nothing partial is cached.)"""
+    parse, _ = _math_verify()
+    return parse(f"\\boxed{{{gold}}}", parsing_timeout=None)
 
 
 def _math_verify():
