@@ -18,6 +18,7 @@ export DVC_NO_ANALYTICS := 1
 export GX_ANALYTICS_ENABLED := false
 export TOKENIZERS_PARALLELISM := false
 export PREFECT_HOME := $(CURDIR)/.prefect
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 # The team's shared data folder is used when it sits beside the checkout.
 ifeq ($(origin GRPO_DATA_DIR), undefined)
   ifneq ($(wildcard ../shared/data/gsm8k),)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -120,7 +121,20 @@ class _NoUserErrorTraceback(logging.Filter):
         return True
 
 
+# Telemetry off and a patient Prefect start-up, unless the user's environment says otherwise.
+# (Hub access is not switched off here: `hf:` sources need it; the Makefile sets it offline.)
+ENV_DEFAULTS = {
+    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "HF_HUB_DISABLE_TELEMETRY": "1", "VLLM_NO_USAGE_STATS": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     args = _merged_options(build_parser().parse_args(argv))
     if not args.debug:
         for name in ("prefect.flow_runs", "prefect.task_runs"):

@@ -33,7 +33,8 @@ def evaluate_sets(engine, render, sets: dict, *, max_new_tokens: int, samples: i
 
 
 def flat_metrics(results: dict[str, dict], prefix: str) -> dict[str, float]:
-    """{"eval/gsm8k/accuracy": ..., "eval/math500/level_3/accuracy": ...} for MLflow."""
+    """{"eval/gsm8k/accuracy": ..., "eval/math500/level_3/accuracy": ...} for MLflow, whose
+    metric names may not contain "@": pass@k is logged as pass_at_k."""
     out = {}
     for name, metrics in results.items():
         for key, value in metrics.items():
@@ -41,7 +42,7 @@ def flat_metrics(results: dict[str, dict], prefix: str) -> dict[str, float]:
                 for label, sub in value.items():
                     out[f"{prefix}/{name}/{key.removeprefix('by_')}_{label}/accuracy"] = sub["accuracy"]
             else:
-                out[f"{prefix}/{name}/{key}"] = value
+                out[f"{prefix}/{name}/{key.replace('@', '_at_')}"] = value
     return out
 
 

@@ -75,10 +75,10 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
 
 
 def _by_dataset(flat: dict[str, float]) -> dict[str, dict]:
-    """{"eval/gsm8k/accuracy": x} -> {"gsm8k": {"accuracy": x}} (breakdowns left out)."""
+    """{"eval/gsm8k/pass_at_4": x} -> {"gsm8k": {"pass@4": x}} (breakdowns left out)."""
     out: dict[str, dict] = {}
     for key, value in flat.items():
         _, name, metric = key.split("/", 2)
         if "/" not in metric:
-            out.setdefault(name, {})[metric] = value
+            out.setdefault(name, {})[metric.replace("_at_", "@")] = value
     return out

@@ -93,10 +93,12 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
 
     from grpo_core.checkpoint import materialize
     from grpo_core.optim import UpdateHyper
+    from grpo_core.rewards import check_functions
     from grpo_core.rollout import make_engine
     from grpo_core.state import load_state
     from grpo_core.trainer import Learner
 
+    check_functions(list(cfg.reward.functions), cfg.reward.reward_model)  # fail before loading
     mixture, eval_sets, few_shot = _load_data(cfg)
     sft = materialize(cfg.checkpoint.source, cfg.checkpoint.output_dir,
                       trust_remote_code=cfg.checkpoint.trust_remote_code)
@@ -281,5 +283,5 @@ def progress(run: LiveRun, total: int):
 
 def headline(results: dict) -> dict:
     """The numbers a person looks at first."""
-    return {k: round(v, 4) for k, v in results.items() if k.endswith("accuracy") or "@" in k}
+    return {k: round(v, 4) for k, v in results.items() if k.endswith("accuracy") or "_at_" in k}
 

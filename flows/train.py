@@ -51,7 +51,8 @@ def reward_task(key: str, iteration: int) -> dict[str, float]:
         s["result"], s["rows"], weights=dict(cfg.reward.functions),
         time_limit_s=cfg.reward.timeout_s, max_new_tokens=cfg.rollout.max_new_tokens,
         overlong_buffer=cfg.reward.overlong_buffer, prompts=s["prompts"],
-        reward_model_dir=cfg.reward.reward_model)
+        answer_format=cfg.reward.answer_format, reward_model_dir=cfg.reward.reward_model,
+        reward_model_batch_size=cfg.reward.reward_model_batch_size)
     adv, adv_metrics = advantages_for(rewards, cfg.algorithm.advantage, cfg.algorithm.eps)
     s.update(rewards=rewards, advantages=adv)
     run.fill_records(iteration, record_columns(s["result"], rewards, per_fn, adv))

@@ -139,9 +139,9 @@ def evaluate_frame(engine, prompts: Sequence[str], frame, *, max_new_tokens: int
         sampled_metrics = summarize(correct[:, 1:], votes, ks=sorted({1, samples}))
         metrics.update({k: v for k, v in sampled_metrics.items() if "@" in k})
     for column in ("level", "subject"):
-        labels = sub[column].tolist()
-        if any(label is not None and label == label for label in labels):  # not all null/NaN
-            metrics[f"by_{column}"] = breakdown(correct, labels)
+        labels = sub[column]
+        if labels.notna().any():  # GSM8K has neither
+            metrics[f"by_{column}"] = breakdown(correct, labels.astype(str).tolist())
     records = [{"id": i, "correct": bool(c[0]), "completion": row[0]}
                for i, c, row in zip(sub["id"].tolist(), correct, texts)]
     return metrics, records
