@@ -34,8 +34,8 @@ def cases(quick: bool) -> list[dict]:
               for a, m in ([("float32", 8), ("bfloat16", 8)] if quick else
                            [("float32", 8), ("bfloat16", 8), ("bfloat16", 4), ("bfloat16", 16)])]
     lp_rows = min(rows, 8)
-    logp = [dict(kind="logprobs", method=m, autocast="float32", rows=lp_rows, min_len=lo,
-                 max_len=hi) for m in ("chunked", "naive")]
+    logp = [dict(kind="logprobs", method=m, chunk=c, rows=lp_rows, min_len=lo, max_len=hi)
+            for m, c in [("chunked", 256), ("naive", 0)] + ([] if quick else [("chunked", 1024)])]
     return update + logp
 
 
@@ -100,9 +100,12 @@ def _run_logprobs(model, batch, case):
 
     from grpo_core.logprobs import naive_token_logprobs, token_logprobs
 
-    fn = token_logprobs if case["method"] == "chunked" else naive_token_logprobs
+    args = (model, batch.input_ids, batch.attention_mask, batch.completion_mask)
     start = time.perf_counter()
-    logp = fn(model, batch.input_ids, batch.attention_mask, batch.completion_mask)
+    if case["method"] == "chunked":
+        logp = token_logprobs(*args, chunk_tokens=case["chunk"])
+    else:
+        logp = naive_token_logprobs(*args)
     (logp * batch.completion_mask).sum().backward()
     if batch.input_ids.is_cuda:
         torch.cuda.synchronize()
@@ -120,7 +123,8 @@ def model_dir(arg: str | None) -> str:
 def label(r: dict) -> str:
     if r["kind"] == "update":
         return f"update  {r['autocast']:<8} micro={r['micro']:<3}"
-    return f"logprob {r['method']:<8} fwd+bwd  "
+    chunk = f"chunk={r['chunk']}" if r["method"] == "chunked" else "full (B,T,V)"
+    return f"logprob {r['method']:<8} {chunk:<12}"
 
 
 def main() -> int:

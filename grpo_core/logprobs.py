@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-DEFAULT_CHUNK_TOKENS = 1024
+DEFAULT_CHUNK_TOKENS = 256  # (256, V) float32 logits: 50 MB at V = 49k
 
 
 def position_ids_for(attention_mask: Tensor) -> Tensor:
@@ -47,7 +47,8 @@ def _chunk_logp(hidden: Tensor, targets: Tensor, head: nn.Module, temperature: f
     logits = head(hidden).float()  # (N, V): float32 for an accurate logsumexp
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    logits = logits / temperature
+    if temperature != 1.0:  # skip a (N, V) copy in the common case
+        logits = logits / temperature
     lse = torch.logsumexp(logits, dim=-1)  # (N,)
     logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
     if not with_entropy:

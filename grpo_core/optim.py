@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
+from grpo_core.logprobs import DEFAULT_CHUNK_TOKENS
+
 
 @dataclass(frozen=True)
 class UpdateHyper:
@@ -36,7 +38,8 @@ class UpdateHyper:
     adam_betas: tuple[float, float] = (0.9, 0.99)
     max_grad_norm: float = 1.0
     micro_batch_size: int = 8
-    autocast: str = "bfloat16"
+    autocast: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+    gradient_checkpointing: bool = False
     lora_enabled: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
@@ -45,7 +48,7 @@ class UpdateHyper:
     # from other stages
     temperature: float = 1.0  # the sampler's temperature (rollout.temperature)
     max_completion_len: Optional[int] = None  # Dr. GRPO's constant (rollout.max_new_tokens)
-    chunk_tokens: int = 1024  # tokens per LM-head chunk in the log-prob routine
+    chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # tokens per LM-head chunk in the log-prob routine
 
     @classmethod
     def from_sections(cls, algorithm: dict[str, Any], train: dict[str, Any], *,

@@ -51,6 +51,8 @@ class Learner:
         self.model = (apply_lora(policy, hyper.lora_r, hyper.lora_alpha, hyper.lora_dropout,
                                  hyper.lora_target_modules) if hyper.lora_enabled else policy)
         self.device = next(policy.parameters()).device
+        if hyper.gradient_checkpointing:  # non-reentrant: works with frozen inputs and LoRA
+            policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = self._make_reference(reference) if hyper.beta > 0 else None
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, hyper)
@@ -164,7 +166,8 @@ class Learner:
         return token_logprobs(self.reference, *args, temperature=self.hyper.temperature)
 
     def _autocast(self):
-        on = self.hyper.autocast == "bfloat16"
+        mode = self.hyper.autocast
+        on = mode == "bfloat16" or (mode == "auto" and self.device.type == "cuda")
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:

@@ -77,7 +77,7 @@ RULES = [
     ("train.max_grad_norm=0", "train.max_grad_norm must be > 0.0, got 0"),
     ("train.micro_batch_size=0", "train.micro_batch_size must be >= 1, got 0"),
     ("train.autocast=float16",
-     "train.autocast must be one of 'bfloat16' or 'float32', got 'float16'"),
+     "train.autocast must be one of 'auto', 'bfloat16' or 'float32', got 'float16'"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
     ("train.lora.r=0", "train.lora.r must be >= 1, got 0"),
     ("train.lora.alpha=0", "train.lora.alpha must be >= 1, got 0"),

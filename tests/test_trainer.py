@@ -219,3 +219,12 @@ def test_skip_iteration_advances_schedule(tiny_llama):
     learner.skip_iteration()
     assert learner.iteration == 1
     assert learner.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 0.75)
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(tiny_llama):
+    batch = make_batch()
+    plain, _ = grads_after_update(tiny_llama, hyper(micro_batch_size=3), batch)
+    ckpt, _ = grads_after_update(tiny_llama, hyper(micro_batch_size=3, gradient_checkpointing=True),
+                                 batch)
+    for a, b in zip(plain, ckpt):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
