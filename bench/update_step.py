@@ -4,7 +4,7 @@
 
 Measures (each case in its own subprocess, so peak memory is that case's own):
 - one `Learner.update` on B completions (default 32, of 128-256 tokens; prompts of 64 tokens)
-  with float32 vs bfloat16 autocast and a few micro-batch sizes;
+  with float32 vs bfloat16 autocast, a few micro-batch sizes, and gradient checkpointing;
 - forward + backward of the chunked `token_logprobs` vs the naive full float32 log-softmax
   on one micro-batch.
 Time is wall-clock seconds; memory is the peak RSS of the subprocess (CPU) or
@@ -30,9 +30,10 @@ sys.path.insert(0, str(ROOT))
 def cases(quick: bool) -> list[dict]:
     rows, lo, hi = (8, 128, 128) if quick else (32, 128, 256)
     shape = dict(rows=rows, min_len=lo, max_len=hi)
-    update = [dict(kind="update", autocast=a, micro=m, **shape)
-              for a, m in ([("float32", 8), ("bfloat16", 8)] if quick else
-                           [("float32", 8), ("bfloat16", 8), ("bfloat16", 4), ("bfloat16", 16)])]
+    combos = [("float32", 8, False), ("bfloat16", 8, False), ("float32", 8, True)]
+    if not quick:
+        combos += [("float32", 4, False), ("float32", 16, False), ("bfloat16", 16, False)]
+    update = [dict(kind="update", autocast=a, micro=m, ckpt=c, **shape) for a, m, c in combos]
     lp_rows = min(rows, 8)
     logp = [dict(kind="logprobs", method=m, chunk=c, rows=lp_rows, min_len=lo, max_len=hi)
             for m, c in [("chunked", 256), ("naive", 0)] + ([] if quick else [("chunked", 1024)])]
@@ -88,7 +89,7 @@ def _run_update(model, batch, case):
     from grpo_core.trainer import Learner
 
     hyper = UpdateHyper(autocast=case["autocast"], micro_batch_size=case["micro"],
-                        learning_rate=1e-6)
+                        gradient_checkpointing=case["ckpt"], learning_rate=1e-6)
     learner = Learner(model, hyper)
     start = time.perf_counter()
     metrics = learner.update(batch)
@@ -122,7 +123,8 @@ def model_dir(arg: str | None) -> str:
 
 def label(r: dict) -> str:
     if r["kind"] == "update":
-        return f"update  {r['autocast']:<8} micro={r['micro']:<3}"
+        ckpt = " grad-ckpt" if r["ckpt"] else ""
+        return f"update  {r['autocast']:<8} micro={r['micro']:<3}{ckpt}"
     chunk = f"chunk={r['chunk']}" if r["method"] == "chunked" else "full (B,T,V)"
     return f"logprob {r['method']:<8} {chunk:<12}"
 
