@@ -182,24 +182,29 @@ def save_resume_state(run: LiveRun, iteration: int) -> Path:
 
 
 def log_iteration(run: LiveRun, iteration: int, metrics: dict[str, float]) -> None:
-    """Metrics at step = iteration, the advantage histogram and sample table, the history
+    """The advantage histogram and sample table, then the metrics at step = iteration (the
+    metric batch is one transaction: its presence marks the step as logged), and the history
     file that DVC plots. A step MLflow already has is not logged again."""
+    run.history = [h for h in run.history if h["iteration"] < iteration]
+    run.history.append({"iteration": iteration, **{k: metrics.get(k) for k in HISTORY_KEYS}})
+    write_history(run.history, Path("metrics") / "train_history.csv")
     last = run.tracker.last_step("reward/total/mean")
     if last is not None and last >= iteration:
         return
+    if "advantages" in run.scratch:
+        _log_advantages(run, iteration)
     run.tracker.log_metrics(metrics, step=iteration)
-    s = run.scratch
-    if "advantages" in s:
-        import matplotlib.pyplot as plt
 
-        fig = advantage_figure(s["advantages"], iteration)
-        run.tracker.log_figure(fig, f"advantages/iter_{iteration:05d}.png")
-        plt.close(fig)
-        table = pd.read_parquet(run.records_path(iteration)).head(run.cfg.tracking.sample_table_rows)
-        keep = [c for c in ("prompt_id", "completion", "reward", "advantage") if c in table]
-        run.tracker.log_table(table[keep], f"samples/iter_{iteration:05d}.json")
-    run.history.append({"iteration": iteration, **{k: metrics.get(k) for k in HISTORY_KEYS}})
-    write_history(run.history, Path("metrics") / "train_history.csv")
+
+def _log_advantages(run: LiveRun, iteration: int) -> None:
+    import matplotlib.pyplot as plt
+
+    fig = advantage_figure(run.scratch["advantages"], iteration)
+    run.tracker.log_figure(fig, f"advantages/iter_{iteration:05d}.png")
+    plt.close(fig)
+    table = pd.read_parquet(run.records_path(iteration)).head(run.cfg.tracking.sample_table_rows)
+    keep = [c for c in ("prompt_id", "completion", "reward", "advantage") if c in table]
+    run.tracker.log_table(table[keep], f"samples/iter_{iteration:05d}.json")
 
 
 def write_history(history: list[dict], path: Path) -> None:

@@ -73,12 +73,10 @@ def update_task(key: str, iteration: int) -> dict[str, float]:
     batch = update_batch(s["result"], s["advantages"], pad_id=run.pad_id, keep=keep,
                          use_sampler_logprobs=algo.tis_cap is not None)
     metrics = {"groups/filtered": float((~keep).sum()) if keep is not None else 0.0}
-    if batch is None:  # every group filtered: nothing to learn from this iteration
-        run.learner.iteration += 1
+    if batch is None:  # every group filtered: nothing to learn, but the schedule moves on
+        run.learner.skip_iteration()
         return metrics | {"update/skipped_empty": 1.0}
-    stats = run.learner.update(batch)
-    if algo.ref_refresh_every and iteration % algo.ref_refresh_every == 0:
-        run.learner.refresh_reference()
+    stats = run.learner.update(batch)  # also refreshes the reference every K iterations
     metrics.update({f"update/{k}": v for k, v in stats.items() if not k.endswith("_seconds")})
     metrics["time/reference_s"] = stats.get("ref_seconds", 0.0)
     metrics["time/update_s"] = stats.get("update_seconds", 0.0)
@@ -132,7 +130,10 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                 if it % every == 0 and it < n:
                     checkpoint_task(run.key, it)
                     metrics.update(evaluate_task(run.key, it, quick=True))
+                # Log, then save: a kill in between reruns this iteration on resume, and the
+                # rerun's log is skipped because MLflow already has the step (no gap, no dupe).
                 log_task(run.key, it, metrics)
+                save_state_task(run.key, it)
                 bar.update(metrics)
         finish_task(run.key)
         results = evaluate_task(run.key, n, quick=False) if evaluate_at_end else {}
@@ -144,8 +145,7 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
 
 
 def run_iteration(key: str, it: int) -> dict[str, float]:
-    """The tasks of one iteration; the resume state is saved before anything is logged, so a
-    kill can lose an iteration's metrics but never log a step twice."""
+    """The tasks of one iteration, up to the weight sync; returns its metrics."""
     start = time.perf_counter()
     rollout_task(key, it)
     result = LIVE[key].scratch["result"]
@@ -154,7 +154,6 @@ def run_iteration(key: str, it: int) -> dict[str, float]:
     metrics.update(reward_task(key, it))
     metrics.update(update_task(key, it))
     metrics["time/sync_s"] = sync_task(key)
-    save_state_task(key, it)
     metrics["time/iteration_s"] = time.perf_counter() - start
     return metrics
 

@@ -49,9 +49,19 @@ def tiny_params(root: Path, sft_dir: Path, data_dir: Path, *, engine: str = "vll
     return path
 
 
+# A user reward function (by dotted path in params.yaml) that varies with the text, so even a
+# random tiny model gets a learning signal: the fraction of vowels among letters.
+VARIETY_REWARD = """
+def vowels(completions, **_):
+    letters = [[ch for ch in c.lower() if ch.isalpha()] for c in completions]
+    return [sum(ch in "aeiou" for ch in l) / max(len(l), 1) for l in letters]
+"""
+
+
 def grpo_env(root: Path) -> dict[str, str]:
     env = {**os.environ, "PREFECT_HOME": str(root / ".prefect"), "PYTHONWARNINGS": "ignore",
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(root)}  # user reward modules written into the project folder
     env.pop("PREFECT_API_URL", None)  # each run starts its own temporary server
     return env
 

@@ -1,0 +1,92 @@
+"""Resume after a real SIGKILL: iterations continue in the same MLflow run, no metric step is
+logged twice, and the final weights equal an uninterrupted run's (HF engine: its seeded
+sampling is exactly reproducible on CPU, so here the RNG allows exact equality)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from safetensors.torch import load_file
+
+from tests.pipeline_support import BIN, VARIETY_REWARD, grpo_env, run_grpo, tiny_params
+
+pytestmark = pytest.mark.slow
+ITERATIONS = 8
+
+
+def _project(root: Path, sft: Path, data: Path) -> Path:
+    (root / "myrewards.py").write_text(VARIETY_REWARD)
+    tiny_params(root, sft, data, engine="hf", iterations=ITERATIONS,
+                train={"checkpoint_every": ITERATIONS},
+                reward={"functions": {"myrewards:vowels": 1.0}})
+    return root
+
+
+def _kill_after_iteration(root: Path, at_least: int) -> int:
+    """Start `grpo train`, SIGKILL it once the resume state holds `at_least` iterations."""
+    proc = subprocess.Popen([str(BIN / "grpo"), "train", "--no-eval"], cwd=root,
+                            env=grpo_env(root), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    meta = root / "models" / "grpo" / "resume" / "meta.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if meta.is_file() and json.loads(meta.read_text())["iteration"] >= at_least:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "training ended before it could be killed"
+    return json.loads(meta.read_text())["iteration"]
+
+
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_dir, data_dir):
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    _project(killed, tiny_sft_dir, data_dir)
+    assert run_grpo(killed, "prepare").returncode == 0
+    done = _kill_after_iteration(killed, at_least=2)
+    assert 2 <= done < ITERATIONS
+
+    out = run_grpo(killed, "train", "--resume", "--no-eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{killed / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    for key in ("reward/total/mean", "reward/myrewards:vowels/mean", "time/iteration_s"):
+        steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
+        assert sorted(steps) == list(range(1, ITERATIONS + 1)), f"{key}: {sorted(steps)}"
+    rollouts = sorted(p.name for p in (killed / "rollouts").glob("iter_*.parquet"))
+    assert rollouts == [f"iter_{i:05d}.parquet" for i in range(1, ITERATIONS + 1)]
+
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    _project(straight, tiny_sft_dir, data_dir)
+    shutil.copytree(killed / "data", straight / "data")
+    out = run_grpo(straight, "train", "--no-eval")
+    assert out.returncode == 0, out.stderr[-3000:]
+
+    a = load_file(killed / "models" / "grpo" / "final" / "model.safetensors")
+    b = load_file(straight / "models" / "grpo" / "final" / "model.safetensors")
+    sft = load_file(tiny_sft_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert any(not torch.equal(a[n], sft[n]) for n in a), "training changed nothing"
+
+
+def test_resume_without_state_is_a_one_line_error(tmp_path, tiny_sft_dir, data_dir):
+    _project(tmp_path, tiny_sft_dir, data_dir)
+    assert run_grpo(tmp_path, "prepare").returncode == 0
+    out = run_grpo(tmp_path, "train", "--resume")
+    assert out.returncode == 2
+    assert "grpo: error: nothing to resume: no saved state in models/grpo/resume" in out.stderr
+    assert "Traceback" not in out.stderr
