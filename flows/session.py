@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,11 @@ class LiveRun:
     def pad_id(self) -> int:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else self.tokenizer.eos_token_id)
+
+    @property
+    def last_iteration(self) -> int:
+        """The last iteration logged (the history is rebuilt on resume)."""
+        return self.history[-1]["iteration"] if self.history else 0
 
     @property
     def out_dir(self) -> Path:
@@ -230,7 +236,7 @@ def save_final(run: LiveRun) -> Path:
     out = Path(run.learner.save_pretrained(run.out_dir / "final", tokenizer=run.tokenizer))
     run.tracker.log_dir(out, "model")
     last = run.history[-1] if run.history else {}
-    summary = {"iterations": run.cfg.train.iterations, **{k: v for k, v in last.items()}}
+    summary = {"iterations_planned": run.cfg.train.iterations, **last}
     Path("metrics").mkdir(exist_ok=True)
     Path("metrics/train.json").write_text(json.dumps(summary, indent=2))
     png = reward_curve_png(run.history, Path("plots") / "reward.png")
@@ -255,6 +261,17 @@ def evaluate_live(run: LiveRun, iteration: int, *, quick: bool) -> dict:
         path = write_results(results, e.output)
         run.tracker.log_file(path, "eval")
     return flat_metrics(results, prefix)
+
+
+class Budget:
+    """A wall-clock budget in minutes (None: unlimited), counted from this process's start
+    of training (a resumed run gets a fresh budget)."""
+
+    def __init__(self, minutes: float | None):
+        self.deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
+
+    def spent(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
 
 def close_run(run: LiveRun, status: str) -> None:

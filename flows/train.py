@@ -124,10 +124,12 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
     run = session.open_run(cfg, resume=resume)
     try:
         n, every = cfg.train.iterations, cfg.train.checkpoint_every
+        budget = session.Budget(cfg.train.max_minutes)
         with session.progress(run, n) as bar:
             for it in range(run.start_iteration, n + 1):
                 metrics = run_iteration(run.key, it)
-                if it % every == 0 and it < n:
+                last = it == n or budget.spent()
+                if it % every == 0 and not last:
                     checkpoint_task(run.key, it)
                     metrics.update(evaluate_task(run.key, it, quick=True))
                 # Log, then save: a kill in between reruns this iteration on resume, and the
@@ -135,8 +137,10 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                 log_task(run.key, it, metrics)
                 save_state_task(run.key, it)
                 bar.update(metrics)
+                if last:
+                    break
         finish_task(run.key)
-        results = evaluate_task(run.key, n, quick=False) if evaluate_at_end else {}
+        results = evaluate_task(run.key, run.last_iteration, quick=False) if evaluate_at_end else {}
         session.close_run(run, "FINISHED")
         return results
     except BaseException:

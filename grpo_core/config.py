@@ -151,6 +151,7 @@ class LoraConfig(Section):
 
 class TrainConfig(Section):
     iterations: int = Field(default=10, ge=1)
+    max_minutes: Optional[float] = Field(default=None, gt=0.0)  # wall-clock budget; None = none
     learning_rate: float = Field(default=5e-6, ge=0.0)
     warmup_iterations: int = Field(default=0, ge=0)
     lr_schedule: Literal["constant", "cosine", "linear"] = "constant"

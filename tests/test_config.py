@@ -69,6 +69,7 @@ RULES = [
     ("algorithm.tis_cap=0", "algorithm.tis_cap must be > 0.0, got 0"),
     ("algorithm.ref_refresh_every=-1", "algorithm.ref_refresh_every must be >= 0, got -1"),
     ("train.iterations=0", "train.iterations must be >= 1, got 0"),
+    ("train.max_minutes=0", "train.max_minutes must be > 0.0, got 0"),
     ("train.learning_rate=-1e-6", "train.learning_rate must be >= 0.0, got -1e-06"),
     ("train.warmup_iterations=-1", "train.warmup_iterations must be >= 0, got -1"),
     ("train.lr_schedule=step",
