@@ -46,8 +46,10 @@ def render(tokenizer, questions: list[str]) -> list[str]:
 def run(engine, prompts, n, sampling) -> dict:
     result = engine.generate(prompts, n, sampling)
     m = result.metrics()
-    return {"tokens": int(m["rollout/tokens"]), "seconds": round(m["rollout/seconds"], 2),
-            "tokens_per_s": round(m["rollout/tokens_per_s"], 1)}
+    figures = {"tokens": int(m["rollout/tokens"]), "seconds": round(m["rollout/seconds"], 2),
+               "tokens_per_s": round(m["rollout/tokens_per_s"], 1)}
+    print(f"  {type(engine).__name__}: {len(prompts)} prompts x {n}: {figures}", flush=True)
+    return figures
 
 
 def workloads(engine, tokenizer, gsm8k_prompts: int) -> dict:

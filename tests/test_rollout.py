@@ -15,6 +15,7 @@ import torch
 from grpo_core.errors import UserError
 from grpo_core.rollout import SamplingSettings, encode_prompts, make_engine
 from grpo_core.rollout.records import COLUMNS, to_frame, write_records
+from grpo_core.rollout.weights import policy_weights
 
 pytestmark = pytest.mark.slow
 
@@ -47,11 +48,10 @@ def prompts(engine):
 
 
 @pytest.fixture(scope="module")
-def trainer(sft_dir):
-    """The 'trainer side': a plain transformers model, float32."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32).eval()
+def trainer(hf_engine):
+    """The 'trainer side': a plain transformers float32 model (the HF engine's own model,
+    loaded once; the weight-sync test restores it)."""
+    return hf_engine.model
 
 
 def trainer_logprobs(model, prompt_ids, completion_ids, temperature=1.0) -> torch.Tensor:
@@ -74,17 +74,17 @@ def vllm_scores(engine, prompt_ids, completion_ids) -> torch.Tensor:
 
 
 def test_vllm_groups_have_g_samples_finish_reasons_and_logprobs(engine, prompts):
-    result = engine.generate(prompts, 4, SamplingSettings(temperature=1.0, max_new_tokens=24))
+    result = engine.generate(prompts, 4, SamplingSettings(temperature=1.0, max_new_tokens=16))
     assert [g.prompt_index for g in result.groups] == [0, 1, 2] and not result.skipped
     for g, text in zip(result.groups, prompts):
         assert list(g.prompt_ids) == engine.tokenizer(text, add_special_tokens=False)["input_ids"]
         assert len(g.completions) == 4
         for c in g.completions:
-            assert 1 <= len(c.token_ids) <= 24 and len(c.logprobs) == len(c.token_ids)
+            assert 1 <= len(c.token_ids) <= 16 and len(c.logprobs) == len(c.token_ids)
             assert all(math.isfinite(x) and x <= 0 for x in c.logprobs)
             ended = c.token_ids[-1] == EOS
             assert c.finish_reason == ("stop" if ended else "length")
-            assert ended or len(c.token_ids) == 24
+            assert ended or len(c.token_ids) == 16
     m = result.metrics()
     assert m["rollout/completions"] == 12 and m["rollout/tokens"] > 0
 
@@ -99,7 +99,7 @@ def test_vllm_stop_strings_end_completions(engine, prompts):
 
 def test_same_seed_same_rollouts_other_seed_differs(engine, prompts):
     def run(seed):
-        r = engine.generate(prompts, 4, SamplingSettings(max_new_tokens=16, seed=seed))
+        r = engine.generate(prompts[:2], 3, SamplingSettings(max_new_tokens=8, seed=seed))
         return [c.token_ids for g in r.groups for c in g.completions]
 
     assert run(7) == run(7)
@@ -125,7 +125,7 @@ def test_overlong_prompts_are_skipped_or_truncated_and_counted(engine, prompts):
 
 
 def test_hf_and_vllm_agree_on_greedy_output(engine, hf_engine, prompts):
-    greedy = SamplingSettings(temperature=0, max_new_tokens=32)
+    greedy = SamplingSettings(temperature=0, max_new_tokens=24)
     ours, ref = engine.generate(prompts, 2, greedy), hf_engine.generate(prompts, 2, greedy)
     for a, b in zip(ours.groups, ref.groups):
         assert a.prompt_ids == b.prompt_ids
@@ -182,7 +182,7 @@ def test_weight_sync_is_real(engine, trainer, prompts):
     stale = vllm_scores(engine, prompt_ids, fixed)
     assert (stale - want).abs().mean() > 0.1  # without the push: the old policy
 
-    seconds = engine.update_weights(trainer.named_parameters())
+    seconds = engine.update_weights(policy_weights(trainer))
     synced = vllm_scores(engine, prompt_ids, fixed)
     assert 0 < seconds < 30
     assert (synced - want).abs().mean() < 1e-3
@@ -193,7 +193,7 @@ def test_weight_sync_is_real(engine, trainer, prompts):
         assert (torch.tensor(c.logprobs) - recomputed).abs().mean() < 1e-3
 
     trainer.load_state_dict(original)
-    engine.update_weights(trainer.named_parameters())
+    engine.update_weights(policy_weights(trainer))
     assert (vllm_scores(engine, prompt_ids, fixed) - before).abs().max() < 1e-4
 
 

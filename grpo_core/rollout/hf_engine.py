@@ -27,7 +27,10 @@ DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch
 class HFEngine:
     def __init__(self, model_dir: str | Path, *, dtype: str = "float32", seed: int = 0,
                  max_prompt_tokens: int = 512, overlong_prompts: str = "skip",
-                 batch_size: int = 32, **_gpu_only):
+                 batch_size: int = 32, cpu_kv_cache_gib=None, gpu_memory_utilization=None,
+                 tensor_parallel_size=None, sleep_mode=None):
+        """The vLLM memory/parallelism options are accepted (one call site for both engines)
+        and have no meaning here."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -80,9 +83,11 @@ class HFEngine:
             pad_token_id=self.pad, eos_token_id=sorted(self.eos),
             output_scores=True, return_dict_in_generate=True,
         )
-        new = out.sequences[:, width:].cpu()  # (B, T)
-        scores = torch.stack(out.scores, dim=1).float().log_softmax(-1)  # (B, T, V)
-        picked = scores.gather(-1, new.to(scores.device).unsqueeze(-1)).squeeze(-1).cpu()  # (B, T)
+        new = out.sequences[:, width:]  # (B, T)
+        # one step at a time: a stacked (B, T, V) float copy would be gigabytes
+        picked = torch.stack([step.float().log_softmax(-1).gather(-1, new[:, t, None])[:, 0]
+                              for t, step in enumerate(out.scores)], dim=1).cpu()  # (B, T)
+        new = new.cpu()
         return [self._completion(new[b].tolist(), picked[b].tolist(), sampling)
                 for b in range(len(rows))]
 
@@ -103,7 +108,7 @@ class HFEngine:
     @torch.no_grad()
     def update_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> float:
         start = time.perf_counter()
-        params = dict(self.model.named_parameters())
+        params = self.model.state_dict(keep_vars=True)  # tied weights appear under both names
         for name, tensor in named_tensors:
             params[name].copy_(tensor.detach())
         return time.perf_counter() - start
