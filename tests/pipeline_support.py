@@ -44,8 +44,12 @@ def tiny_params(root: Path, sft_dir: Path, data_dir: Path, *, engine: str = "vll
     }
     for name, values in sections.items():
         params.setdefault(name, {}).update(values)
+    # on top of the repository's params.yaml, so every key is spelled out (dvc.yaml needs them)
+    full = yaml.safe_load((REPO / "params.yaml").read_text())
+    for name, values in params.items():
+        full[name].update(values)
     path = root / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    path.write_text(yaml.safe_dump(full, sort_keys=False))
     return path
 
 
