@@ -2,7 +2,8 @@
 
 Prefect tasks receive the key; this module opens a run (fresh or resumed), and does the
 I/O around the update step: resume state, MLflow logging, checkpoints, the final model and
-the live evaluation.
+the live evaluation. Under torchrun, the writers run on rank 0 only (`main_only`), and the
+rollout records of every rank are gathered to rank 0, which writes them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from flows.tracking import Tracker, advantage_figure, provenance_tags, tracking_uri
+from grpo_core import distributed
 from grpo_core.config import Config
 
 LIVE: dict[str, "LiveRun"] = {}
@@ -81,11 +83,21 @@ class LiveRun:
 
         s = self.scratch
         frame = to_frame(iteration, s["rows"]["id"].tolist(), s["prompts"], s["result"])
-        return write_records(frame, self.cfg.rollout.output_dir, iteration)
+        shard = distributed.shard_range(self.cfg.rollout.prompts_per_iteration)
+        frame["prompt_index"] += shard.start  # index into the iteration's P prompts
+        frames = distributed.gather_to_main(frame)  # rank 0 writes every rank's groups
+        if frames is None:
+            return self.records_path(iteration)
+        return write_records(pd.concat(frames, ignore_index=True), self.cfg.rollout.output_dir,
+                             iteration)
 
     def fill_records(self, iteration: int, columns: dict[str, list[float]]) -> None:
         from grpo_core.rollout.records import write_records
 
+        parts = distributed.gather_to_main(columns)  # rank order = the records' row order
+        if parts is None:
+            return
+        columns = {k: [v for part in parts for v in part[k]] for k in columns}
         frame = pd.read_parquet(self.records_path(iteration))
         for name, values in columns.items():
             frame[name] = values
@@ -106,8 +118,9 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
 
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)  # fail before loading
     mixture, eval_sets, few_shot = _load_data(cfg)
-    sft = materialize(cfg.checkpoint.source, cfg.checkpoint.output_dir,
-                      trust_remote_code=cfg.checkpoint.trust_remote_code)
+    with distributed.main_first():  # rank 0 writes the directory, the other ranks reuse it
+        sft = materialize(cfg.checkpoint.source, cfg.checkpoint.output_dir,
+                          trust_remote_code=cfg.checkpoint.trust_remote_code)
     torch.manual_seed(cfg.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(sft)
     policy = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
@@ -123,11 +136,12 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
     engine = make_engine(cfg.rollout.engine, sft, **_engine_options(cfg))
     if resume:
         engine.update_weights(learner.sync_weights())
-    t = cfg.tracking
-    tracker = Tracker(tracking_uri(t.mlflow_tracking_uri), t.experiment, run_name=t.run_name,
-                      resume_run_id=run_id)
-    tracker.log_params(cfg.flat())
-    tracker.set_tags(provenance_tags(_processed_files(cfg)))
+    t, tracker = cfg.tracking, None
+    if distributed.is_main():  # one MLflow run per job, however many ranks
+        tracker = Tracker(tracking_uri(t.mlflow_tracking_uri), t.experiment, run_name=t.run_name,
+                          resume_run_id=run_id)
+        tracker.log_params(cfg.flat())
+        tracker.set_tags(provenance_tags(_processed_files(cfg)))
     run = LiveRun(uuid.uuid4().hex, cfg, Path(sft), tokenizer, learner, engine, tracker, mixture,
                   eval_sets, few_shot, start_iteration=start, history=history)
     LIVE[run.key] = run
@@ -180,6 +194,7 @@ def _load_data(cfg: Config):
     return mixture, evals, shots
 
 
+@distributed.main_only()
 def save_resume_state(run: LiveRun, iteration: int) -> Path:
     from grpo_core.state import save_state
 
@@ -187,6 +202,7 @@ def save_resume_state(run: LiveRun, iteration: int) -> Path:
     return save_state(run.out_dir / "resume", run.learner.state_dict(), meta)
 
 
+@distributed.main_only()
 def log_iteration(run: LiveRun, iteration: int, metrics: dict[str, float]) -> None:
     """The advantage histogram and sample table, then the metrics at step = iteration (the
     metric batch is one transaction: its presence marks the step as logged), and the history
@@ -205,7 +221,8 @@ def log_iteration(run: LiveRun, iteration: int, metrics: dict[str, float]) -> No
 def _log_advantages(run: LiveRun, iteration: int) -> None:
     import matplotlib.pyplot as plt
 
-    fig = advantage_figure(run.scratch["advantages"], iteration)
+    adv = run.scratch.get("advantages_all", run.scratch["advantages"])  # all ranks' groups
+    fig = advantage_figure(adv, iteration)
     run.tracker.log_figure(fig, f"advantages/iter_{iteration:05d}.png")
     plt.close(fig)
     table = pd.read_parquet(run.records_path(iteration)).head(run.cfg.tracking.sample_table_rows)
@@ -221,6 +238,7 @@ def write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
+@distributed.main_only()
 def save_checkpoint(run: LiveRun, iteration: int) -> Path:
     out = run.learner.save_pretrained(run.out_dir / "checkpoints" / f"iter_{iteration:05d}",
                                       tokenizer=run.tokenizer)
@@ -228,6 +246,7 @@ def save_checkpoint(run: LiveRun, iteration: int) -> Path:
     return Path(out)
 
 
+@distributed.main_only()
 def save_final(run: LiveRun) -> Path:
     """The final policy as a plain HF directory (also an MLflow artifact), the train summary
     metric file and the reward-curve PNG."""
@@ -244,6 +263,7 @@ def save_final(run: LiveRun) -> Path:
     return out
 
 
+@distributed.main_only(dict)
 def evaluate_live(run: LiveRun, iteration: int, *, quick: bool) -> dict:
     """Evaluate the live engine (it holds the current weights). Quick: the first
     `evaluate.quick_rows` problems, greedy, logged as `eval_quick/...`; full: the configured
@@ -288,7 +308,7 @@ def progress(run: LiveRun, total: int):
     from tqdm.auto import tqdm
 
     bar = tqdm(total=total, initial=run.start_iteration - 1, desc="GRPO", unit="it",
-               dynamic_ncols=True)
+               dynamic_ncols=True, disable=not distributed.is_main())
 
     class Bar:
         @staticmethod

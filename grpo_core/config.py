@@ -165,6 +165,9 @@ class TrainConfig(Section):
     checkpoint_every: int = Field(default=5, ge=1)
     output_dir: str = "models/grpo"
     seed: int = 0
+    # under torchrun: seconds a collective waits for the other ranks before the job fails
+    # (covers rank 0's checkpoint + quick evaluation while the others wait)
+    dist_timeout_s: float = Field(default=1800.0, gt=0.0)
     lora: LoraConfig = LoraConfig()
 
 

@@ -19,6 +19,11 @@ Choices that depart from or refine the paper:
 - `mask_truncated` drops completions that hit the token budget (DAPO's overlong filtering,
   arXiv 2503.14476) from the loss and from every normaliser.
 - A non-finite loss or gradient norm skips the optimizer step (counted in `skipped`).
+- Under `torchrun` (world size > 1) each rank updates on its shard of whole groups: the
+  normalisers are global, gradients are summed over ranks before clipping, and metrics are
+  reduced, so every rank takes the single-process step (`grpo_core.distributed`). A rank with
+  no rows this iteration calls `update(None)` to take part. With one process no
+  collective runs.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
+from grpo_core import distributed
 from grpo_core.batch import RolloutBatch
 from grpo_core.logprobs import token_logprobs
 from grpo_core.losses import policy_loss, token_weights
@@ -51,6 +57,9 @@ class Learner:
         self.model = (apply_lora(policy, hyper.lora_r, hyper.lora_alpha, hyper.lora_dropout,
                                  hyper.lora_target_modules) if hyper.lora_enabled else policy)
         self.device = next(policy.parameters()).device
+        self.world = distributed.world()
+        if self.world > 1:  # identical replicas from the start (LoRA init included)
+            distributed.broadcast_params(self.model.parameters())
         if hyper.gradient_checkpointing:  # non-reentrant: works with frozen inputs and LoRA
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = self._make_reference(reference) if hyper.beta > 0 else None
@@ -68,15 +77,18 @@ class Learner:
         return ref
 
     # ------------------------------------------------------------------ the update
-    def update(self, batch: RolloutBatch) -> dict[str, float]:
-        """One GRPO iteration on a batch of rollouts -> metrics (plain floats)."""
+    def update(self, batch: Optional[RolloutBatch]) -> dict[str, float]:
+        """One GRPO iteration on a batch of rollouts -> metrics (plain floats). Under torchrun,
+        `batch` is this rank's shard (None: no rows here, but the rank still takes part)."""
         h = self.hyper
-        batch = batch.to(self.device)
-        mask = batch.completion_mask  # (B, T)
-        if h.mask_truncated:
-            mask = mask * (~batch.truncated).unsqueeze(1).to(mask.dtype)
-        weights = token_weights(mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
-        chunks = torch.arange(batch.size, device=self.device).split(h.micro_batch_size)
+        if batch is None and self.world == 1:
+            raise ValueError("update(None) is only for a rank with no rows under torchrun")
+        mask = self._loss_mask(batch)  # (B, T)
+        batch = batch.to(self.device) if batch is not None else None
+        weights = (token_weights if self.world == 1 else distributed.global_token_weights)(
+            mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
+        chunks = (torch.arange(batch.size, device=self.device).split(h.micro_batch_size)
+                  if batch is not None else ())
         start = time.perf_counter()
         ref = self._reference_logp(batch, mask, chunks)  # (B, T) or None
         ref_s = time.perf_counter() - start
@@ -88,6 +100,14 @@ class Learner:
             self._epoch(batch, mask, weights, ref, chunks, epoch, state, sums)
         self.skip_iteration()
         return self._summary(sums, mask, lr, ref_s, time.perf_counter() - start - ref_s)
+
+    def _loss_mask(self, batch: Optional[RolloutBatch]) -> Tensor:
+        if batch is None:
+            return torch.zeros((0, 1), device=self.device)
+        mask = batch.completion_mask.to(self.device)  # (B, T)
+        if self.hyper.mask_truncated:
+            mask = mask * (~batch.truncated.to(self.device)).unsqueeze(1).to(mask.dtype)
+        return mask
 
     def skip_iteration(self) -> None:
         """End an iteration: advance the schedule and the counter, refresh the reference
@@ -133,6 +153,9 @@ class Learner:
         self._step(loss_sum, sums)
 
     def _step(self, loss_sum: Tensor, sums: dict[str, float]) -> None:
+        if self.world > 1:  # the full-batch gradient and loss: every rank's share, summed
+            distributed.all_reduce_grads(self.params)
+            loss_sum = distributed.all_reduce(loss_sum)
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm)
         sums["loss"] += float(loss_sum)
         sums["epochs"] += 1
@@ -171,6 +194,8 @@ class Learner:
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:
+        if self.world > 1:
+            sums = distributed.reduce_sums(sums)
         tokens = max(sums.pop("tokens", 0.0), 1.0)
         epochs = max(sums.get("epochs", 1.0), 1.0)
         steps = max(epochs - sums.get("skipped", 0.0), 1.0)
@@ -179,7 +204,7 @@ class Learner:
         out.update(loss=sums.get("loss", 0.0) / epochs, grad_norm=sums.get("grad_norm", 0.0) / steps,
                    ratio_min=sums.get("ratio_min", 1.0), ratio_max=sums.get("ratio_max", 1.0),
                    lr=lr, skipped=sums.get("skipped", 0.0), optimizer_steps=epochs,
-                   tokens=float(mask.sum()), ref_seconds=ref_s, update_seconds=update_s)
+                   tokens=float(distributed.all_reduce(mask.sum())), ref_seconds=ref_s, update_seconds=update_s)
         return out
 
     # ------------------------------------------------------------------ weights and state

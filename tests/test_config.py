@@ -80,6 +80,7 @@ RULES = [
     ("train.autocast=float16",
      "train.autocast must be one of 'auto', 'bfloat16' or 'float32', got 'float16'"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+    ("train.dist_timeout_s=0", "train.dist_timeout_s must be > 0.0, got 0"),
     ("train.lora.r=0", "train.lora.r must be >= 1, got 0"),
     ("train.lora.alpha=0", "train.lora.alpha must be >= 1, got 0"),
     ("train.lora.dropout=-0.1", "train.lora.dropout must be >= 0.0, got -0.1"),

@@ -1,0 +1,70 @@
+"""`grpo train` under `torchrun --nproc_per_node 2` (gloo, CPU, HF engine, tiny model): the job
+trains, rank 0 alone writes (one MLflow run, one set of files, every rank's rollouts gathered
+into the records), and a configuration the ranks cannot split fails with the user's message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.pipeline_support import VARIETY_REWARD, grpo_env, run_grpo, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def torchrun_grpo(root: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    env = grpo_env(root) | {"OMP_NUM_THREADS": "1", "GRPO_DIST_TIMEOUT_S": "300"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", str(nproc), "-m", "flows.cli", *args],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_sft_dir, data_dir):
+    root = tmp_path_factory.mktemp("ddp")
+    (root / "myrewards.py").write_text(VARIETY_REWARD)
+    tiny_params(root, tiny_sft_dir, data_dir, engine="hf", iterations=2,
+                reward={"functions": {"myrewards:vowels": 1.0}})
+    out = run_grpo(root, "prepare")
+    assert out.returncode == 0, out.stderr[-2000:]
+    return root
+
+
+def test_two_ranks_train_and_rank0_alone_writes(project):
+    out = torchrun_grpo(project, "train")
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # not one run per rank
+    run_id = runs[0].info.run_id
+    for key in ("reward/total/mean", "update/grad_norm", "update/loss", "advantage/std"):
+        steps = [m.step for m in client.get_metric_history(run_id, key)]
+        assert steps == [1, 2], f"{key}: {steps}"  # each step logged once, by one rank
+    assert [m.step for m in client.get_metric_history(run_id, "eval_quick/gsm8k/accuracy")] \
+        or any(k.startswith("eval_quick/") for k in runs[0].data.metrics)
+
+    # the records hold both ranks' groups: P = 2 prompts x G = 2 samples, prompt_index 0 and 1
+    for it in (1, 2):
+        frame = pd.read_parquet(project / "rollouts" / f"iter_{it:05d}.parquet")
+        assert len(frame) == 4 and sorted(frame["prompt_index"].unique()) == [0, 1]
+        assert frame["advantage"].notna().all() and frame["reward"].notna().all()
+    grpo = project / "models" / "grpo"
+    assert (grpo / "checkpoints" / "iter_00001" / "model.safetensors").is_file()
+    assert (grpo / "final" / "model.safetensors").is_file()
+    assert (grpo / "resume" / "meta.json").is_file()
+    assert (project / "metrics" / "eval.json").is_file()
+    history = pd.read_csv(project / "metrics" / "train_history.csv")
+    assert history["iteration"].tolist() == [1, 2]
+
+
+def test_prompts_not_divisible_by_ranks_is_a_user_error(project):
+    out = torchrun_grpo(project, "train", "--set", "rollout.prompts_per_iteration=3")
+    assert out.returncode != 0
+    assert ("grpo: error: rollout.prompts_per_iteration = 3 must be divisible by the number "
+            "of training processes (2)") in out.stderr
