@@ -266,12 +266,14 @@ def save_final(run: LiveRun) -> Path:
 @distributed.main_only(dict)
 def evaluate_live(run: LiveRun, iteration: int, *, quick: bool) -> dict:
     """Evaluate the live engine (it holds the current weights). Quick: the first
-    `evaluate.quick_rows` problems, greedy, logged as `eval_quick/...`; full: the configured
-    sets with sampling, logged as `eval/...` and written to `evaluate.output`."""
+    `evaluate.quick_rows` problems, greedy, logged as `eval_quick/...`; final: the first
+    `evaluate.final_rows` (None: all configured rows), with sampling when `evaluate.samples` > 1,
+    logged as `eval/...` and written to `evaluate.output`."""
     from flows.evaluate import evaluate_sets, flat_metrics, write_results
 
     e = run.cfg.evaluate
-    sets = {n: f.head(e.quick_rows) for n, f in run.eval_sets.items()} if quick else run.eval_sets
+    rows = e.quick_rows if quick else e.final_rows
+    sets = {n: f.head(rows) for n, f in run.eval_sets.items()} if rows else run.eval_sets
     results = evaluate_sets(run.engine, run.render, sets, max_new_tokens=e.max_new_tokens,
                             samples=1 if quick else e.samples, temperature=e.temperature,
                             time_limit_s=run.cfg.reward.timeout_s, seed=run.cfg.rollout.seed)

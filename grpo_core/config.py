@@ -180,6 +180,7 @@ class EvaluateConfig(Section):
     max_new_tokens: int = Field(default=256, ge=1)
     samples: int = Field(default=1, ge=1)  # k for maj@k / pass@k; 1 = greedy only
     quick_rows: int = Field(default=32, ge=1)  # per dataset, for the evaluation every K iterations
+    final_rows: Optional[int] = Field(default=None, ge=1)  # per dataset, at the end of training
     temperature: float = Field(default=0.6, gt=0.0)
     output: str = "metrics/eval.json"
 

@@ -89,6 +89,7 @@ RULES = [
     ("evaluate.max_new_tokens=0", "evaluate.max_new_tokens must be >= 1, got 0"),
     ("evaluate.samples=0", "evaluate.samples must be >= 1, got 0"),
     ("evaluate.quick_rows=0", "evaluate.quick_rows must be >= 1, got 0"),
+    ("evaluate.final_rows=0", "evaluate.final_rows must be >= 1, got 0"),
     ("evaluate.temperature=0", "evaluate.temperature must be > 0.0, got 0"),
     ("tracking.experiment=", "tracking.experiment must not be empty"),
     ("tracking.sample_table_rows=-1", "tracking.sample_table_rows must be >= 0, got -1"),
