@@ -116,7 +116,6 @@ def test_two_ranks_take_the_single_process_step(two_ranks, name):
     per = P // WORLD
     groups = [g for r in range(WORLD) if r not in empty for g in range(r * per, (r + 1) * per)]
     params, grads, metrics = run_case(settings, groups)
-    moved = 0.0
     for r in range(WORLD):
         p2, g2, m2 = two_ranks[r][name]
         for key, value in params.items():
@@ -129,7 +128,7 @@ def test_two_ranks_take_the_single_process_step(two_ranks, name):
     from transformers import LlamaForCausalLM
 
     start = dict(LlamaForCausalLM(tiny_llama_config()).named_parameters())
-    moved = max(float((params[k] - start[k]).abs().max()) for k in params)
+    moved = max(float((params[k] - start[k].detach()).abs().max()) for k in params)
     assert moved > 1e-5  # the comparison is not between two unchanged models
     assert metrics["kl"] > 0  # beta > 0 was active in epochs 2..mu
 
@@ -211,3 +210,28 @@ def test_a_hanging_rank_times_out(tmp_path):
     assert "sum" not in out.stdout
     assert seconds < 60  # the hanging rank sleeps 120 s: the collective timeout ended the job
 
+
+
+# ----------------------------------------------------------------------------- launcher
+def test_torchrun_command_lines():
+    from flows.launch import torchrun_command
+
+    one = torchrun_command(4, overrides=("algorithm.beta=0",), evaluate_at_end=False)
+    assert one[1:] == ["-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone",
+                       "-m", "flows.cli", "train", "--params", "params.yaml",
+                       "--set", "algorithm.beta=0", "--no-eval"]
+    many = torchrun_command(8, nnodes=2, rdzv_endpoint="node0:29400", resume=True)
+    assert many[3:14] == ["--nproc_per_node", "8", "--nnodes", "2", "--rdzv-backend", "c10d",
+                          "--rdzv-endpoint", "node0:29400", "--rdzv-id", "grpo", "-m"]
+    assert many[-1] == "--resume"
+    with pytest.raises(ValueError, match="rdzv_endpoint"):
+        torchrun_command(8, nnodes=2)
+
+
+def test_launcher_fails_when_the_job_fails(tmp_path, monkeypatch):
+    from flows.launch import run_torchrun, torchrun_command
+
+    monkeypatch.chdir(tmp_path)
+    cmd = torchrun_command(2, overrides=("algorithm.beta=-1",))  # every rank: a UserError
+    with pytest.raises(RuntimeError, match="torchrun exited with status"):
+        run_torchrun.fn(cmd)
