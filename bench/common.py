@@ -44,13 +44,36 @@ def project_env(root: Path) -> dict[str, str]:
     return env
 
 
+def tree_rss_bytes(root_pid: int) -> int:
+    """Summed RSS of a process and all its descendants, from /proc (0 if it is gone)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+            rss[int(d.name)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            continue
+    total, todo = 0, [root_pid]
+    while todo:
+        pid = todo.pop()
+        total += rss.get(pid, 0)
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def run_child(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None = None,
               timeout: float | None = None) -> dict:
-    """Run one measured process; -> {"rc", "seconds", "peak_rss_gb"}. Peak RSS comes from
-    wait4's rusage of that child alone (maxrss of the largest process in its tree is not
-    summed: a child's own children are reported through it only when waited for)."""
+    """Run one measured process; -> {"rc", "seconds", "peak_rss_gb", "peak_tree_rss_gb"}.
+    peak_rss_gb: wait4's ru_maxrss (the largest single process of the tree); peak_tree_rss_gb:
+    the summed RSS of the process and its descendants, polled from /proc every 0.5 s."""
     start = time.perf_counter()
     out = open(log, "w") if log else subprocess.DEVNULL
+    tree_peak = 0
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -58,17 +81,18 @@ def run_child(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | No
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
+            tree_peak = max(tree_peak, tree_rss_bytes(proc.pid))
             if deadline is not None and time.monotonic() > deadline:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
                 break
-            time.sleep(0.2)
+            time.sleep(0.5)
     finally:
         if log:
             out.close()
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return {"rc": proc.returncode, "seconds": time.perf_counter() - start,
-            "peak_rss_gb": usage.ru_maxrss / 1024 ** 2}  # ru_maxrss is KiB on Linux
+    return {"rc": os.waitstatus_to_exitcode(status), "seconds": time.perf_counter() - start,
+            "peak_rss_gb": usage.ru_maxrss / 1024 ** 2,  # ru_maxrss is KiB on Linux
+            "peak_tree_rss_gb": tree_peak / 1024 ** 3}
 
 
 def median(values: list[float]) -> float:
@@ -83,3 +107,30 @@ def save_json(obj: dict, path: Path) -> Path:
 
 def self_peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def mlflow_history(root: Path, experiment: str, prefixes: tuple[str, ...]) -> dict[str, list]:
+    """{metric: [(step, value), ...]} of the newest run of `experiment` in root/mlflow.db,
+    for the metrics whose name starts with one of `prefixes`."""
+    import mlflow
+
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+            for key in run.data.metrics if key.startswith(prefixes)}
+
+
+def grpo_project(root: Path, params: dict, *args: str, log_name: str = "train") -> dict:
+    """Write root/params.yaml, run `grpo prepare`, then `grpo train --no-eval ARGS` as a
+    measured child; -> run_child's figures. Exits with the log's path on failure."""
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(root)
+    for name, cmd in (("prepare", ["prepare"]), (log_name, ["train", "--no-eval", *args])):
+        res = run_child([str(BIN / "grpo"), *cmd], root, env, log=root / f"{name}.log")
+        if res["rc"]:
+            sys.exit(f"grpo {cmd[0]} failed: see {root / (name + '.log')}")
+    return res

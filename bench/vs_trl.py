@@ -1,0 +1,209 @@
+"""One GRPO iteration of this project (`grpo train`, vLLM rollouts) vs Hugging Face TRL's
+GRPOTrainer, on the same machine, model, prompts and hyper-parameters.
+
+Both sides: SmolLM2-135M-Instruct (the materialised models/sft), GSM8K train prompts rendered
+with the product's instruction, 4 prompts x G = 8 completions x 128 new tokens, temperature 1,
+beta 0.04, clip 0.2, one update per batch, lr 1e-6, reward = gsm8k_accuracy + 0.5 x format,
+and the same loss aggregation (ours `token_mean` is TRL's `dapo`: one mean over every
+completion token of the batch). TRL runs on CPU: its vLLM path needs CUDA, so TRL generates
+with transformers `generate` (float32), in micro-batches of 8 (32 at once ran out of memory
+here, ENVIRONMENT.md), 4 accumulation steps = one optimizer step per 32 completions.
+
+Each side runs in its own subprocess (1 warm-up step + N measured steps); its peak memory is
+that process tree's. Step time: ours `time/iteration_s` from metrics/train_history.csv (rollout,
+reward, reference, update, weight sync); TRL: wall time between optimizer steps (generation,
+reward, reference, update). Median over the measured steps; the ratio is from this one run.
+
+    .venv/bin/python bench/vs_trl.py [--steps 3] [--json bench/results/vs_trl.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import (BIN, REPO, RESULTS, data_dir, load_avg, median, project_env,  # noqa: E402
+                    run_child, save_json)
+
+SHAPE = dict(prompts=4, group=8, new_tokens=128, beta=0.04, lr=1e-6, micro=8)
+REWARDS = {"gsm8k_accuracy": 1.0, "format": 0.5}
+TRL_LOSS = {"token_mean": "dapo", "seq_mean_token_mean": "grpo",
+            "seq_mean_token_sum_norm": "dr_grpo"}
+
+
+def sft_dir() -> str:
+    from grpo_core.checkpoint import materialize
+
+    return str(materialize("bundled:smollm2-135m-instruct", REPO / "models" / "sft"))
+
+
+# ------------------------------------------------------------------------------ ours
+def ours(root: Path, steps: int, loss: str, model: str) -> dict:
+    import yaml
+
+    root.mkdir(parents=True, exist_ok=True)
+    params = {
+        "data": {"dir": data_dir(), "processed_dir": str(root / "data" / "processed")},
+        "checkpoint": {"source": model, "output_dir": str(root / "models" / "sft")},
+        "rollout": {"engine": "vllm", "prompts_per_iteration": SHAPE["prompts"],
+                    "group_size": SHAPE["group"], "max_new_tokens": SHAPE["new_tokens"]},
+        "reward": {"functions": REWARDS},
+        "algorithm": {"beta": SHAPE["beta"], "loss_aggregation": loss},
+        "train": {"iterations": steps + 1, "learning_rate": SHAPE["lr"], "checkpoint_every": 10_000,
+                  "micro_batch_size": SHAPE["micro"], "output_dir": str(root / "models" / "grpo")},
+        "evaluate": {"datasets": [{"name": "gsm8k", "split": "test", "rows": 1}]},
+        "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "vs_trl"},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(root)
+    prep = run_child([str(BIN / "grpo"), "prepare"], root, env, log=root / "prepare.log")
+    if prep["rc"]:
+        sys.exit(f"grpo prepare failed: see {root / 'prepare.log'}")
+    run = run_child([str(BIN / "grpo"), "train", "--no-eval"], root, env, log=root / "train.log")
+    if run["rc"]:
+        sys.exit(f"grpo train failed: see {root / 'train.log'}")
+    with open(root / "metrics" / "train_history.csv") as f:
+        times = [float(r["time/iteration_s"]) for r in csv.DictReader(f)]
+    return {**run, "step_seconds": times[1:], "warmup_seconds": times[0]}
+
+
+# ------------------------------------------------------------------------------- TRL
+def trl_rewards():
+    """Our reward functions in TRL's calling convention (conversational completions)."""
+    from grpo_core.answers import gsm8k_correct
+    from grpo_core.rewards import _FORMATS
+
+    def text(c):
+        return c[0]["content"] if isinstance(c, list) else c
+
+    def gsm8k_accuracy(completions, answer, **_):
+        return [float(gsm8k_correct(text(c), a)) for c, a in zip(completions, answer)]
+
+    def format_(completions, **_):
+        return [float(_FORMATS["hashes"](text(c))) for c in completions]
+
+    return [gsm8k_accuracy, format_]
+
+
+def trl_dataset(n: int):
+    from datasets import Dataset
+
+    from grpo_core.config import PromptConfig
+    from grpo_core.prompts import messages
+
+    instruction = PromptConfig().instruction
+    rows = []
+    with open(Path(data_dir()) / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
+        for _, line in zip(range(n), f):
+            r = json.loads(line)
+            rows.append({"prompt": messages(r["question"], instruction=instruction),
+                         "answer": r["answer"].split("####")[-1].strip()})
+    return Dataset.from_list(rows)
+
+
+def trl_worker(steps: int, loss: str, model: str, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    marks: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            marks.append(time.perf_counter())
+
+    accumulate = SHAPE["prompts"] * SHAPE["group"] // SHAPE["micro"]
+    args = GRPOConfig(
+        output_dir=str(out.parent / "trl_out"), use_cpu=True, bf16=False, report_to="none",
+        max_steps=steps + 1, learning_rate=SHAPE["lr"], per_device_train_batch_size=SHAPE["micro"],
+        gradient_accumulation_steps=accumulate, generation_batch_size=SHAPE["prompts"] * SHAPE["group"],
+        num_generations=SHAPE["group"], max_completion_length=SHAPE["new_tokens"], temperature=1.0,
+        beta=SHAPE["beta"], epsilon=0.2, num_iterations=1, loss_type=TRL_LOSS[loss],
+        reward_weights=list(REWARDS.values()), logging_steps=1, save_strategy="no", seed=0,
+        dataloader_num_workers=0, lr_scheduler_type="constant", warmup_steps=0)
+    policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
+    trainer = GRPOTrainer(model=policy, reward_funcs=trl_rewards(), args=args,
+                          train_dataset=trl_dataset(SHAPE["prompts"] * (steps + 1) * 4),
+                          processing_class=AutoTokenizer.from_pretrained(model))
+    trainer.add_callback(Clock())
+    trainer.train()
+    times = [b - a for a, b in zip(marks, marks[1:])]
+    out.write_text(json.dumps({"step_seconds": times[1:], "warmup_seconds": times[0]}))
+
+
+def trl(root: Path, steps: int, loss: str, model: str) -> dict:
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / "trl_steps.json"
+    run = run_child([str(BIN / "python"), __file__, "--trl-worker", "--steps", str(steps),
+                     "--loss", loss, "--model", model, "--out", str(out)]
+                    + (["--quick"] if SHAPE["new_tokens"] == 16 else []), root,
+                    project_env(root), log=root / "trl.log")
+    if run["rc"]:
+        sys.exit(f"TRL worker failed: see {root / 'trl.log'}")
+    return {**run, **json.loads(out.read_text())}
+
+
+def report(res: dict) -> str:
+    o, t = res["ours"], res["trl"]
+    lines = [
+        f"One GRPO iteration, SmolLM2-135M-Instruct, {SHAPE['prompts']} prompts x G={SHAPE['group']}"
+        f" x {SHAPE['new_tokens']} tokens, beta {SHAPE['beta']}, loss {res['loss']} (TRL "
+        f"'{TRL_LOSS[res['loss']]}'), lr {SHAPE['lr']}, CPU, median of {res['steps']} steps",
+        "TRL GRPOTrainer generates with transformers on CPU (its vLLM path needs CUDA); "
+        "ours generates with vLLM (bf16) through `grpo train`.",
+        f"{'':<22}{'step s (median)':>16}{'steps s':>28}{'peak RSS GB':>13}{'tree RSS GB':>13}",
+    ]
+    for name, r in (("this project", o), ("TRL GRPOTrainer", t)):
+        steps = ", ".join(f"{s:.1f}" for s in r["step_seconds"])
+        lines.append(f"{name:<22}{r['median_step_s']:>16.1f}{steps:>28}{r['peak_rss_gb']:>13.2f}"
+                     f"{r['peak_tree_rss_gb']:>13.2f}")
+    lines.append(f"time ratio ours/TRL {res['time_ratio']:.2f} (target <= 0.5); memory ratio "
+                 f"ours/TRL {res['memory_ratio']:.2f} (tree RSS; target <= 1); load average "
+                 f"before {res['load_before']} after {res['load_after']}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=3, help="measured steps per side (after 1 warm-up)")
+    ap.add_argument("--loss", default="token_mean", choices=sorted(TRL_LOSS))
+    ap.add_argument("--workdir", default="/tmp/grpo-vs-trl")
+    ap.add_argument("--json", default=str(RESULTS / "vs_trl.json"))
+    ap.add_argument("--quick", action="store_true", help="tiny shape: a plumbing check")
+    ap.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.quick:
+        SHAPE.update(prompts=2, group=4, new_tokens=16, micro=4)
+    if args.trl_worker:
+        trl_worker(args.steps, args.loss, args.model, Path(args.out))
+        return 0
+    model, root = sft_dir(), Path(args.workdir)
+    res = {"steps": args.steps, "loss": args.loss, "shape": SHAPE, "load_before": load_avg()}
+    res["ours"] = ours(root / "ours", args.steps, args.loss, model)
+    res["load_mid"] = load_avg()
+    res["trl"] = trl(root / "trl", args.steps, args.loss, model)
+    res["load_after"] = load_avg()
+    for side in ("ours", "trl"):
+        res[side]["median_step_s"] = median(res[side]["step_seconds"])
+    res["time_ratio"] = res["ours"]["median_step_s"] / res["trl"]["median_step_s"]
+    res["memory_ratio"] = res["ours"]["peak_tree_rss_gb"] / res["trl"]["peak_tree_rss_gb"]
+    res["note"] = "TRL generates with transformers on CPU (vLLM path needs CUDA)"
+    print(report(res))
+    save_json(res, Path(args.json))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
