@@ -1,0 +1,49 @@
+"""Pure pieces of the benchmarks: the paired CI, the README table splice, the RSS of a tree."""
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paired_ci_hand_computed():
+    learning = _load("learning")
+    before = [False, False, True, False]
+    after = [True, False, True, True]
+    # differences 1, 0, 0, 1: mean 0.5, sample variance 1/3, half width 1.96 * sqrt(1/12)
+    mean, lo, hi = learning.paired_ci(before, after)
+    half = 1.96 * math.sqrt((1 / 3) / 4)
+    assert mean == 0.5
+    assert math.isclose(lo, 0.5 - half) and math.isclose(hi, 0.5 + half)
+
+
+def test_readme_table_between_markers(tmp_path, monkeypatch):
+    learning = _load("learning")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{learning.MARK_START}\nold\n{learning.MARK_END}\ntail\n")
+    monkeypatch.setattr(learning, "REPO", tmp_path)
+    learning.update_readme("| new |")
+    assert readme.read_text() == f"# x\n{learning.MARK_START}\n| new |\n{learning.MARK_END}\ntail\n"
+
+
+def test_run_child_reports_tree_memory(tmp_path):
+    common = _load("common")
+    # the child allocates ~200 MB in a grandchild: the tree peak must see it
+    code = ("import subprocess, sys; subprocess.run([sys.executable, '-c', "
+            "'import time; b = bytearray(200 * 2**20); time.sleep(2)'])")
+    res = common.run_child([sys.executable, "-c", code], tmp_path)
+    assert res["rc"] == 0
+    assert res["peak_tree_rss_gb"] > 0.18
+    assert res["peak_rss_gb"] > 0.18  # wait4 counts the waited-for grandchild
