@@ -10,6 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _cli_environment() -> None:
+    """In-process flows get the same telemetry-off, patient-start-up environment as `grpo`."""
+    from flows.cli import ENV_DEFAULTS
+
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+_cli_environment()
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The real GSM8K/MATH files: $GRPO_DATA_DIR, else ../shared/data beside the checkout."""

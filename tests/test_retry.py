@@ -1,0 +1,44 @@
+"""A rollout engine that dies mid-run is rebuilt with the current policy weights, and the
+rollout task's Prefect retry succeeds (real Prefect flow, real HF engine, tiny model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from prefect import flow
+
+from tests.pipeline_support import run_grpo, tiny_params
+
+pytestmark = pytest.mark.slow
+
+
+def test_dead_engine_is_rebuilt_and_the_rollout_retried(tmp_path, monkeypatch, tiny_sft_dir,
+                                                        data_dir):
+    from flows import session
+    from flows.train import rollout_task
+    from grpo_core.config import load_config
+
+    tiny_params(tmp_path, tiny_sft_dir, data_dir, engine="hf")
+    assert run_grpo(tmp_path, "prepare").returncode == 0
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    run = session.open_run(load_config(tmp_path / "params.yaml"), resume=False)
+    try:
+        with torch.no_grad():  # the policy moved on since the engine was built
+            run.learner.model.model.embed_tokens.weight.mul_(1.5)
+        dead = run.engine
+        dead.close()  # the engine dies: its next generate raises
+
+        @flow
+        def one_rollout() -> str:
+            return rollout_task(run.key, 1)
+
+        path = one_rollout()
+        assert run.engine is not dead, "a new engine replaced the dead one"
+        want = run.learner.model.model.embed_tokens.weight
+        got = run.engine.model.model.embed_tokens.weight
+        assert torch.equal(got, want), "the new engine carries the current policy weights"
+        assert path.endswith("iter_00001.parquet")
+        assert len(run.scratch["result"].groups) == 2
+    finally:
+        session.close_run(run, "FINISHED")
