@@ -124,6 +124,7 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
     torch.manual_seed(cfg.train.seed)
     tokenizer = AutoTokenizer.from_pretrained(sft)
     policy = AutoModelForCausalLM.from_pretrained(sft, dtype=torch.float32)
+    policy = policy.to(distributed.device())  # cuda:LOCAL_RANK on GPU (per rank), else CPU
     hyper = UpdateHyper.from_sections(cfg.algorithm.model_dump(), cfg.train.model_dump(),
                                       temperature=cfg.rollout.temperature,
                                       max_completion_len=cfg.rollout.max_new_tokens)
