@@ -114,3 +114,20 @@ def tiny_sft_dir(tmp_path_factory, smollm2_tokenizer) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory):
+    """One real Prefect server for the whole session: flows in tests and in `grpo`
+    subprocesses report to it instead of each starting a temporary server."""
+    from tests.pipeline_support import start_prefect_server, stop
+
+    proc, api = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
+    before = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = api
+    yield api
+    if before is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = before
+    stop(proc)

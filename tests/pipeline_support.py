@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -66,10 +69,62 @@ def grpo_env(root: Path) -> dict[str, str]:
     env = {**os.environ, "PREFECT_HOME": str(root / ".prefect"), "PYTHONWARNINGS": "ignore",
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "PYTHONPATH": str(root)}  # user reward modules written into the project folder
-    env.pop("PREFECT_API_URL", None)  # each run starts its own temporary server
-    return env
+    return env  # with the `prefect_server` fixture, PREFECT_API_URL points at its server
 
 
 def run_grpo(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "grpo"), *args], cwd=root, env=grpo_env(root),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(check, seconds: float, what: str):
+    """Poll `check` until it returns something truthy; connection errors count as not yet."""
+    import httpx
+
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            found = check()
+            if found:
+                return found
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a process group started with start_new_session=True."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def start_prefect_server(home: Path) -> tuple[subprocess.Popen, str]:
+    """A real Prefect server on 127.0.0.1 (a free port); returns (process, API URL)."""
+    import httpx
+
+    port = free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home)}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen([str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=home, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        wait_for(lambda: httpx.get(f"{api}/health", timeout=2).status_code == 200, 240,
+                 "the Prefect server")
+    except AssertionError:
+        stop(proc)
+        raise
+    return proc, api

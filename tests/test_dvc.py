@@ -13,7 +13,7 @@ import pytest
 
 from tests.pipeline_support import BIN, REPO, VARIETY_REWARD, grpo_env, tiny_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def sh(root: Path, *cmd: str, timeout: int = 900) -> subprocess.CompletedProcess:

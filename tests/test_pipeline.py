@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from tests.pipeline_support import ITERATION_METRICS, run_grpo, tiny_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 
 from tests.pipeline_support import BIN, VARIETY_REWARD, grpo_env, run_grpo, tiny_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 ITERATIONS = 8
 
 

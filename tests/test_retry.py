@@ -9,7 +9,7 @@ from prefect import flow
 
 from tests.pipeline_support import run_grpo, tiny_params
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def test_dead_engine_is_rebuilt_and_the_rollout_retried(tmp_path, monkeypatch, tiny_sft_dir,
