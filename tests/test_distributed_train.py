@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from tests.pipeline_support import (ITERATION_METRICS, VARIETY_REWARD, grpo_env, run_grpo,
                                     tiny_params)
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 
 def torchrun_grpo(root: Path, *args: str, nproc: int = 2) -> subprocess.CompletedProcess:
