@@ -32,13 +32,14 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 # learned the format in 30 iterations and lost accuracy, 4% -> 1%):
 # - accuracy dominates the reward (format 0.2): formatting alone cannot outweigh one correct answer;
 # - a KL penalty to the SFT policy (beta 0.04, as in DeepSeekMath) and a smaller learning rate
-#   (2e-6) keep the policy near the checkpoint whose reasoning we want to keep;
+#   (3e-6; 2e-6 was planned, but a loaded machine leaves only ~10-20 iterations in the budget)
+#   keep the policy near the checkpoint whose reasoning we want to keep;
 # - 256 new tokens, as in evaluation, so answers are not cut before the '####' line.
 RECIPE = {
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 256},
     "reward": {"functions": {"gsm8k_accuracy": 1.0, "format": 0.2}},
     "algorithm": {"beta": 0.04, "loss_aggregation": "token_mean"},
-    "train": {"learning_rate": 2.0e-6, "iterations": 1000, "checkpoint_every": 1000,
+    "train": {"learning_rate": 3.0e-6, "iterations": 1000, "checkpoint_every": 1000,
               "micro_batch_size": 8},
 }
 QUICK = {"rollout": {"prompts_per_iteration": 2, "group_size": 2, "max_new_tokens": 16},
@@ -46,7 +47,8 @@ QUICK = {"rollout": {"prompts_per_iteration": 2, "group_size": 2, "max_new_token
 MARK_START, MARK_END = "<!-- learning:start -->", "<!-- learning:end -->"
 
 
-def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool) -> Path:
+def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
+                 engine: str = "vllm") -> Path:
     import yaml
 
     sft = REPO / "models" / "sft"
@@ -64,6 +66,7 @@ def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool) -> 
         params.setdefault(section, {}).update(values)
     params["train"] = {**RECIPE["train"], **params.get("train", {}), "max_minutes": minutes,
                        "output_dir": str(root / "models" / "grpo")}
+    params["rollout"] = {**params.get("rollout", {}), "engine": engine}
     if quick:
         params["evaluate"]["max_new_tokens"] = 16
     path = root / "params.yaml"
@@ -91,7 +94,7 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
     p = cfg.data.prompt
     prompts = render_prompts(tok, frame["question"].tolist(), system=p.system,
                              instruction=p.instruction, few_shot=shots)
-    engine = make_engine("vllm", checkpoint, **_engine_options(cfg))
+    engine = make_engine(cfg.rollout.engine, checkpoint, **_engine_options(cfg))
     start = time.perf_counter()
     try:
         metrics, records = evaluate_frame(engine, prompts, frame,
@@ -106,6 +109,17 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
                "formatted": sum(r["formatted"] for r in records) / max(len(records), 1),
                "count": len(records), "seconds": time.perf_counter() - start,
                "records": records}, out)
+
+
+def subset_params(params: Path, rows: int) -> Path:
+    """A copy of params.yaml whose GSM8K evaluation keeps only the first `rows` problems."""
+    import yaml
+
+    raw = yaml.safe_load(params.read_text())
+    raw["evaluate"]["datasets"][0]["rows"] = rows
+    out = params.with_name(f"params_eval_{rows}.yaml")
+    out.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return out
 
 
 def paired_ci(before: list[bool], after: list[bool]) -> tuple[float, float, float]:
@@ -155,13 +169,19 @@ def plot(history: dict, png: Path) -> Path:
 
 
 def readme_table(s: dict) -> str:
-    b, a, d = s["before"], s["after"], s["difference"]
+    b, a, d = s["before_paired"], s["after"], s["difference"]
+    full = s["before"]
     r = s["recipe"]
     rows = [
         "| | SFT checkpoint | after GRPO |",
         "|---|---|---|",
         f"| GSM8K test accuracy (greedy, first {b['count']}) | {b['accuracy']:.1%} | {a['accuracy']:.1%} |",
         f"| answers formatted `#### <number>` | {b['formatted']:.1%} | {a['formatted']:.1%} |",
+    ]
+    if full["count"] != b["count"]:
+        rows.append(f"| same, first {full['count']} (SFT only) | {full['accuracy']:.1%} accuracy, "
+                    f"{full['formatted']:.1%} formatted | not evaluated (time box) |")
+    rows += [
         "",
         f"Accuracy difference {d['mean']:+.1%} (95% CI {d['ci_low']:+.1%} to {d['ci_high']:+.1%}, "
         f"paired over the same {b['count']} problems). Training: {s['iterations']} iterations in "
@@ -191,30 +211,50 @@ def main() -> int:
     ap.add_argument("--eval-rows", type=int, default=500)
     ap.add_argument("--workdir", default="/tmp/grpo-learning")
     ap.add_argument("--quick", action="store_true", help="tiny settings, no README update")
+    ap.add_argument("--reuse-evals", action="store_true",
+                    help="keep eval_before.json / eval_after.json already in the workdir")
+    ap.add_argument("--engine", default="vllm", choices=("vllm", "hf"),
+                    help="rollout.engine for training and evaluation (hf: when other vLLM CPU "
+                         "processes share the cores, see README)")
+    ap.add_argument("--after-rows", type=int, default=None,
+                    help="evaluate the trained policy on only the first N of the rows (time box)")
     ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eval:
         evaluate(Path(args.eval[0]), args.eval[1], Path(args.eval[2]))
         return 0
     root = Path(args.workdir).resolve()
-    params = write_params(root, minutes=args.minutes, eval_rows=args.eval_rows, quick=args.quick)
+    params = write_params(root, minutes=args.minutes, eval_rows=args.eval_rows, quick=args.quick,
+                          engine=args.engine)
     env = project_env(root)
     py, grpo = str(BIN / "python"), str(BIN / "grpo")
     steps = [("prepare", [grpo, "prepare"]), ("checkpoint", [grpo, "checkpoint"])]
+    done = {"prepare": any((root / "data" / "processed").glob("*.parquet")),
+            "checkpoint": (root / "models" / "sft" / "config.json").is_file()}
     for name, cmd in steps:
+        if args.reuse_evals and done[name]:
+            continue
         r = run_child(cmd, root, env, log=root / f"{name}.log")
         if r["rc"]:
             sys.exit(f"{name} failed; see {root / (name + '.log')}")
     sft = str(root / "models" / "sft")
-    evals = {}
+    evals, train = {}, {"seconds": float("nan"), "peak_rss_gb": float("nan")}
     for label, ckpt in (("before", sft), ("after", str(root / "models" / "grpo" / "final"))):
+        out = root / f"eval_{label}.json"
+        if args.reuse_evals and out.is_file():
+            evals[label] = json.loads(out.read_text())
+            print(f"{label}: reused {out}", flush=True)
+            continue
         if label == "after":
             t = run_child([grpo, "train", "--no-eval"], root, env, log=root / "train.log")
             if t["rc"]:
                 sys.exit(f"train failed; see {root / 'train.log'}")
             train = t
         out = root / f"eval_{label}.json"
-        e = run_child([py, __file__, "--eval", str(params), ckpt, str(out)], root, env,
+        eval_params = params
+        if label == "after" and args.after_rows:  # a time-boxed run: the first N of the same rows
+            eval_params = subset_params(params, args.after_rows)
+        e = run_child([py, __file__, "--eval", str(eval_params), ckpt, str(out)], root, env,
                       log=root / f"eval_{label}.log")
         if e["rc"]:
             sys.exit(f"evaluation {label} failed; see {root / f'eval_{label}.log'}")
@@ -224,18 +264,24 @@ def main() -> int:
               f"{e['seconds']:.0f} s, load {load_avg()})", flush=True)
     with open(root / "metrics" / "train_history.csv") as f:
         iterations = len(list(csv.DictReader(f)))
-    before = [r["correct"] for r in evals["before"]["records"]]
-    after = [r["correct"] for r in evals["after"]["records"]]
+    after_by_id = {r["id"]: r for r in evals["after"]["records"]}
+    paired = [r for r in evals["before"]["records"] if r["id"] in after_by_id]
+    before = [r["correct"] for r in paired]
+    after = [after_by_id[r["id"]]["correct"] for r in paired]
+    evals["before_paired"] = {"accuracy": sum(before) / len(paired), "count": len(paired),
+                              "formatted": sum(r["formatted"] for r in paired) / len(paired),
+                              "seconds": float("nan")}
     mean, lo, hi = paired_ci(before, after)
     png = plot(reward_history(root), (root if args.quick else RESULTS) / "learning_rewards.png")
     summary = {
         "before": {k: evals["before"][k] for k in ("accuracy", "formatted", "count", "seconds")},
+        "before_paired": evals["before_paired"],
         "after": {k: evals["after"][k] for k in ("accuracy", "formatted", "count", "seconds")},
         "difference": {"mean": mean, "ci_low": lo, "ci_high": hi},
         "iterations": iterations, "train_minutes": train["seconds"] / 60,
         "train_peak_rss_gb": train["peak_rss_gb"], "budget_minutes": args.minutes,
         "load_avg": load_avg(), "recipe": RECIPE, "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
-        "png": str(png),
+        "png": str(png), "after_rows": args.after_rows, "engine": args.engine,
     }
     print(f"accuracy difference {mean:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}); "
           f"{iterations} iterations in {summary['train_minutes']:.1f} min; plot {png}")
