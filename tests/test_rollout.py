@@ -15,7 +15,7 @@ import torch
 from grpo_core.errors import UserError
 from grpo_core.rollout import SamplingSettings, encode_prompts, make_engine
 from grpo_core.rollout.records import COLUMNS, to_frame, write_records
-from grpo_core.rollout.weights import policy_weights
+from grpo_core.weights import hf_weights
 
 pytestmark = pytest.mark.slow
 
@@ -182,7 +182,7 @@ def test_weight_sync_is_real(engine, trainer, prompts):
     stale = vllm_scores(engine, prompt_ids, fixed)
     assert (stale - want).abs().mean() > 0.1  # without the push: the old policy
 
-    seconds = engine.update_weights(policy_weights(trainer))
+    seconds = engine.update_weights(hf_weights(trainer))
     synced = vllm_scores(engine, prompt_ids, fixed)
     assert 0 < seconds < 30
     assert (synced - want).abs().mean() < 1e-3
@@ -193,7 +193,7 @@ def test_weight_sync_is_real(engine, trainer, prompts):
         assert (torch.tensor(c.logprobs) - recomputed).abs().mean() < 1e-3
 
     trainer.load_state_dict(original)
-    engine.update_weights(policy_weights(trainer))
+    engine.update_weights(hf_weights(trainer))
     assert (vllm_scores(engine, prompt_ids, fixed) - before).abs().max() < 1e-4
 
 
