@@ -122,12 +122,18 @@ def prefect_server(tmp_path_factory):
     subprocesses report to it instead of each starting a temporary server."""
     from tests.pipeline_support import start_prefect_server, stop
 
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     proc, api = start_prefect_server(tmp_path_factory.mktemp("prefect-server"))
     before = os.environ.get("PREFECT_API_URL")
-    os.environ["PREFECT_API_URL"] = api
-    yield api
-    if before is None:
-        os.environ.pop("PREFECT_API_URL", None)
-    else:
-        os.environ["PREFECT_API_URL"] = before
-    stop(proc)
+    os.environ["PREFECT_API_URL"] = api  # for `grpo` subprocesses
+    try:
+        # for flows in this process: Prefect read its settings when it was first imported
+        with temporary_settings(updates={PREFECT_API_URL: api}):
+            yield api
+    finally:
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        stop(proc)
