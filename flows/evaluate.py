@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 from prefect import flow, task
@@ -40,10 +41,17 @@ def flat_metrics(results: dict[str, dict], prefix: str) -> dict[str, float]:
         for key, value in metrics.items():
             if isinstance(value, dict):  # by_level / by_subject
                 for label, sub in value.items():
-                    out[f"{prefix}/{name}/{key.removeprefix('by_')}_{label}/accuracy"] = sub["accuracy"]
+                    group = f"{key.removeprefix('by_')}_{_metric_word(label)}"
+                    out[f"{prefix}/{name}/{group}/accuracy"] = sub["accuracy"]
             else:
                 out[f"{prefix}/{name}/{key.replace('@', '_at_')}"] = value
     return out
+
+
+def _metric_word(label: str) -> str:
+    """A label usable in an MLflow metric name: "Counting & Probability" ->
+    "Counting_and_Probability" (MLflow allows letters, digits, _ - . : / and spaces)."""
+    return re.sub(r"[^\w.\-]+", "_", str(label).replace("&", "and")).strip("_")
 
 
 def write_results(results: dict, path: str | Path) -> Path:

@@ -32,6 +32,20 @@ def test_flat_metrics_are_valid_mlflow_names():
                                           "maj@4": 0.25}
 
 
+def test_breakdown_labels_become_valid_metric_names():
+    """MATH subjects such as "Counting & Probability" are not valid MLflow names as they are."""
+    from mlflow.utils.validation import _validate_metric_name
+
+    results = {"math500": {"accuracy": 0.5, "count": 2.0, "by_subject": {
+        "Counting & Probability": {"accuracy": 1.0, "count": 1.0},
+        "Intermediate Algebra": {"accuracy": 0.0, "count": 1.0}}}}
+    flat = flat_metrics(results, "eval")
+    assert "eval/math500/subject_Counting_and_Probability/accuracy" in flat
+    assert "eval/math500/subject_Intermediate_Algebra/accuracy" in flat
+    for name in flat:
+        _validate_metric_name(name)  # raises MlflowException on an invalid name
+
+
 def test_format_table_lists_datasets_and_breakdowns():
     table = format_table(RESULTS).splitlines()
     assert table[0].split() == ["dataset", "n", "accuracy", "maj@4", "pass@4"]
