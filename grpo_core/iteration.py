@@ -27,11 +27,13 @@ def draw_prompts(mixture: pd.DataFrame, iteration: int, count: int, seed: int) -
     draws exactly what an uninterrupted run would have drawn."""
     n = len(mixture)
     start = (iteration - 1) * count
+    orders: dict[int, np.ndarray] = {}  # one permutation per pass touched (usually one)
     picks = []
     for k in range(start, start + count):
         epoch, pos = divmod(k, n)
-        order = np.random.default_rng([seed, epoch]).permutation(n)
-        picks.append(order[pos])
+        if epoch not in orders:
+            orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
+        picks.append(orders[epoch][pos])
     return mixture.iloc[picks].reset_index(drop=True)
 
 
