@@ -168,12 +168,10 @@ def restart_engine(run: LiveRun) -> None:
 
 
 def _processed_files(cfg: Config) -> dict[str, Path]:
-    from grpo_core.data import processed_name
+    """Every processed file the run reads: the training mixture's and the evaluation's."""
+    from flows.prepare import eval_splits, processed_paths, train_splits
 
-    specs = [*cfg.data.train, *cfg.evaluate.datasets]
-    root = Path(cfg.data.processed_dir)
-    return {processed_name(s.name, s.split): root / f"{processed_name(s.name, s.split)}.parquet"
-            for s in specs}
+    return processed_paths(cfg, train_splits(cfg) + eval_splits(cfg))
 
 
 def _load_data(cfg: Config):
