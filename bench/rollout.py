@@ -66,7 +66,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 GSM8K prompts instead of 200")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
-    p.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--model", default=str(REPO / "models" / "sft"), help="materialised SFT dir")
     args = p.parse_args()
 
@@ -74,10 +74,12 @@ def main() -> int:
     from transformers import AutoModelForCausalLM
 
     from grpo_core.checkpoint import materialize
+    from grpo_core.hardware import resolve_dtype
     from grpo_core.rollout import SamplingSettings, make_engine
 
     model_dir = materialize("bundled:smollm2-135m-instruct", args.model)
     n_gsm8k = 16 if args.quick else 200
+    args.dtype = resolve_dtype(args.dtype)
     figures: dict = {"dtype": args.dtype, "threads": torch.get_num_threads()}
 
     engine = make_engine("vllm", model_dir, dtype=args.dtype, seed=0, cpu_kv_cache_gib=2.0)

@@ -99,7 +99,8 @@ class RolloutConfig(Section):
     stop: tuple[str, ...] = ()
     max_prompt_tokens: int = Field(default=512, ge=1)
     overlong_prompts: Literal["skip", "truncate"] = "skip"
-    dtype: Literal["bfloat16", "float32", "float16"] = "bfloat16"
+    # auto: bfloat16 on GPU and on CPUs with native bf16, else float32 (grpo_core.hardware)
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     seed: int = 0
     output_dir: str = "rollouts"
     # vLLM memory: GiB of KV cache on CPU; fraction of GPU memory on GPU.

