@@ -193,12 +193,15 @@ def _load_data(cfg: Config):
     return mixture, evals, shots
 
 
-@distributed.main_only()
-def save_resume_state(run: LiveRun, iteration: int) -> Path:
+def save_resume_state(run: LiveRun, iteration: int) -> Path | None:
+    """Every rank calls it (FSDP2 gathers the state collectively); rank 0 writes."""
     from grpo_core.state import save_state
 
+    state = run.learner.state_dict()
+    if not distributed.is_main():
+        return None
     meta = {"iteration": iteration, "run_id": run.tracker.run_id, "history": run.history}
-    return save_state(run.out_dir / "resume", run.learner.state_dict(), meta)
+    return save_state(run.out_dir / "resume", state, meta)
 
 
 @distributed.main_only()
@@ -237,21 +240,24 @@ def write_history(history: list[dict], path: Path) -> None:
         writer.writerows(history)
 
 
-@distributed.main_only()
-def save_checkpoint(run: LiveRun, iteration: int) -> Path:
+def save_checkpoint(run: LiveRun, iteration: int) -> Path | None:
+    """Every rank calls it (FSDP2 gathers the weights collectively); rank 0 writes and logs."""
     out = run.learner.save_pretrained(run.out_dir / "checkpoints" / f"iter_{iteration:05d}",
                                       tokenizer=run.tokenizer)
+    if not distributed.is_main():
+        return None
     run.tracker.log_dir(out, f"checkpoints/iter_{iteration:05d}")
     return Path(out)
 
 
-@distributed.main_only()
-def save_final(run: LiveRun) -> Path:
+def save_final(run: LiveRun) -> Path | None:
     """The final policy as a plain HF directory (also an MLflow artifact), the train summary
-    metric file and the reward-curve PNG."""
+    metric file and the reward-curve PNG. Every rank calls it; rank 0 writes."""
     from flows.plots import reward_curve_png
 
     out = Path(run.learner.save_pretrained(run.out_dir / "final", tokenizer=run.tokenizer))
+    if not distributed.is_main():
+        return None
     run.tracker.log_dir(out, "model")
     last = run.history[-1] if run.history else {}
     summary = {"iterations_planned": run.cfg.train.iterations, **last}

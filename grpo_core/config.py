@@ -169,6 +169,9 @@ class TrainConfig(Section):
     # under torchrun: seconds a collective waits for the other ranks before the job fails
     # (covers rank 0's checkpoint + quick evaluation while the others wait)
     dist_timeout_s: float = Field(default=1800.0, gt=0.0)
+    # under torchrun: replicate (full replica per rank, gradients all-reduced) | fsdp2
+    # (parameters, gradients and Adam state sharded over the ranks)
+    data_parallel: Literal["replicate", "fsdp2"] = "replicate"
     lora: LoraConfig = LoraConfig()
 
 

@@ -98,6 +98,20 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     return logp, _scatter(ent_parts, on, hidden).detach()
 
 
+class TokenLogprobs(nn.Module):
+    """`token_logprobs(lm, ...)` as a module call. FSDP2 gathers a module's parameters in its
+    forward hooks; `token_logprobs` calls the backbone and the LM head separately, so under
+    FSDP2 it must run inside the forward of a wrapped root (`grpo_core.sharding`)."""
+
+    def __init__(self, lm: nn.Module):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, completion_mask: Tensor,
+                **options) -> Tensor | tuple[Tensor, Tensor]:
+        return token_logprobs(self.lm, input_ids, attention_mask, completion_mask, **options)
+
+
 def _scatter(parts: list[Tensor], on: Tensor, like: Tensor) -> Tensor:
     """Put `(N,)` values back into a zero `(B, T)` float32 tensor at the mask's positions."""
     out = torch.zeros(on.shape, dtype=torch.float32, device=like.device)

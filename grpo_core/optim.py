@@ -40,6 +40,7 @@ class UpdateHyper:
     micro_batch_size: int = 8
     autocast: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
     gradient_checkpointing: bool = False
+    data_parallel: str = "replicate"  # replicate | fsdp2 (under torchrun)
     lora_enabled: bool = False
     lora_r: int = 16
     lora_alpha: int = 32

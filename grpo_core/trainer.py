@@ -24,10 +24,15 @@ Choices that depart from or refine the paper:
   reduced, so every rank takes the single-process step (`grpo_core.distributed`). A rank with
   no rows this iteration calls `update(None)` to take part. With one process no
   collective runs.
+- `data_parallel`: `replicate` keeps a full replica per rank and sums gradients with one
+  bucketed all-reduce after accumulation (DDP's algorithm; see `grpo_core.distributed` for why
+  not the DDP wrapper); `fsdp2` shards parameters, gradients and Adam state
+  (`grpo_core.sharding`), and every rank then runs the same number of passes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 import warnings
@@ -38,9 +43,9 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from grpo_core import distributed
+from grpo_core import distributed, sharding
 from grpo_core.batch import RolloutBatch
-from grpo_core.logprobs import token_logprobs
+from grpo_core.logprobs import TokenLogprobs, token_logprobs
 from grpo_core.losses import policy_loss, token_weights
 from grpo_core.optim import UpdateHyper, make_optimizer
 from grpo_core.weights import apply_lora, hf_weights, is_peft, save_hf_dir
@@ -58,11 +63,22 @@ class Learner:
                                  hyper.lora_target_modules) if hyper.lora_enabled else policy)
         self.device = next(policy.parameters()).device
         self.world = distributed.world()
+        self.sharded = self.world > 1 and hyper.data_parallel == "fsdp2"
+        if self.sharded and hyper.lora_enabled:
+            raise ValueError("train.data_parallel fsdp2 with LoRA is not supported: use replicate "
+                             "(LoRA adapters are small enough to replicate)")
         if self.world > 1:  # identical replicas from the start (LoRA init included)
             distributed.broadcast_params(self.model.parameters())
         if hyper.gradient_checkpointing:  # non-reentrant: works with frozen inputs and LoRA
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.reference = self._make_reference(reference) if hyper.beta > 0 else None
+        # the log-prob routines as module calls: what FSDP2 wraps (no-op wrappers otherwise)
+        self.policy_scorer = TokenLogprobs(self.model)
+        self.ref_scorer = TokenLogprobs(self.reference) if isinstance(self.reference, nn.Module) else None
+        if self.sharded:  # after the reference copy: both are sharded the same way
+            sharding.shard(self.policy_scorer)
+            if self.ref_scorer is not None:
+                sharding.shard(self.ref_scorer)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, hyper)
         self.iteration = 0
@@ -87,8 +103,9 @@ class Learner:
         batch = batch.to(self.device) if batch is not None else None
         weights = (token_weights if self.world == 1 else distributed.global_token_weights)(
             mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
-        chunks = (torch.arange(batch.size, device=self.device).split(h.micro_batch_size)
-                  if batch is not None else ())
+        chunks = self._trained_rows(batch).split(h.micro_batch_size) if batch is not None else ()
+        # FSDP2: every rank runs as many passes as the busiest one, agreed before any pass
+        self.passes = sharding.pad_passes(len(chunks)) if self.sharded else len(chunks)
         start = time.perf_counter()
         ref = self._reference_logp(batch, mask, chunks)  # (B, T) or None
         ref_s = time.perf_counter() - start
@@ -100,6 +117,15 @@ class Learner:
             self._epoch(batch, mask, weights, ref, chunks, epoch, state, sums)
         self.skip_iteration()
         return self._summary(sums, mask, lr, ref_s, time.perf_counter() - start - ref_s)
+
+    def _trained_rows(self, batch: RolloutBatch) -> Tensor:
+        """Indices of the rows that go through forward and backward. Without the KL term
+        (beta = 0) a row whose advantage is 0 has an exactly zero gradient (each of its loss
+        terms is multiplied by the advantage), so it is left out, while the normalisers still
+        count its tokens: the step is unchanged and the compute is saved. Early in training
+        most groups have all-equal rewards, hence zero advantages."""
+        rows = torch.arange(batch.size, device=self.device)
+        return rows[batch.advantages != 0] if self.hyper.beta == 0 else rows
 
     def _loss_mask(self, batch: Optional[RolloutBatch]) -> Tensor:
         if batch is None:
@@ -126,16 +152,19 @@ class Learner:
         h = self.hyper
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
+        scale = sharding.grad_scale() if self.sharded else 1.0
         for idx in chunks:
             mb = batch.rows(idx)
             w = mb.completion_len
             mb_mask = mask[idx][:, :w]  # (b, w)
             if mb_mask.sum() == 0:
+                if self.sharded:  # every pass is collective under FSDP2: join with zeros
+                    sharding.zero_pass(self.policy_scorer, self.device, backward=True)
                 continue
             with self._autocast():
-                logp, entropy = token_logprobs(self.model, mb.input_ids, mb.attention_mask,
-                                               mb_mask, temperature=h.temperature,
-                                               with_entropy=True, chunk_tokens=h.chunk_tokens)
+                logp, entropy = self.policy_scorer(mb.input_ids, mb.attention_mask, mb_mask,
+                                                   temperature=h.temperature, with_entropy=True,
+                                                   chunk_tokens=h.chunk_tokens)
             if epoch == 0:  # the policy has not moved yet: these are pi_old's log-probs
                 state["old"][idx, :w] = logp.detach()
                 if h.tis_cap and mb.sampler_logp is not None:
@@ -147,16 +176,31 @@ class Learner:
                 clip_low=h.clip_low, clip_high=h.clip_high, ratio_level=h.ratio_level,
                 is_weight=state["isw"][idx][:, :w] if h.tis_cap else None)
             loss = (loss_tok * weights[idx][:, :w]).sum()
-            loss.backward()
+            (loss * scale).backward()
             loss_sum += loss.detach()
             _accumulate(sums, m, entropy, mb_mask)
+        self._pad_passes(len(chunks), backward=True)
         self._step(loss_sum, sums)
 
+    def _pad_passes(self, done: int, *, backward: bool) -> None:
+        """FSDP2: zero-gradient passes until this rank has run `self.passes`, the count of
+        the busiest rank (a no-op without sharding)."""
+        if not self.sharded:
+            return
+        scorer = self.policy_scorer if backward else self.ref_scorer
+        with contextlib.nullcontext() if backward else torch.no_grad():
+            for _ in range(self.passes - done):
+                sharding.zero_pass(scorer, self.device, backward=backward)
+
     def _step(self, loss_sum: Tensor, sums: dict[str, float]) -> None:
+        for p in self.params:  # untouched by any backward (no trained rows): a zero gradient,
+            if p.grad is None:  # so that Adam's moments move exactly as if it had been computed
+                p.grad = torch.zeros_like(p)
         if self.world > 1:  # the full-batch gradient and loss: every rank's share, summed
-            distributed.all_reduce_grads(self.params)
+            if not self.sharded:  # FSDP2 has reduce-scattered them in backward already
+                distributed.all_reduce_grads(self.params)
             loss_sum = distributed.all_reduce(loss_sum)
-        norm = torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm)
+        norm = sharding.full(torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm))
         sums["loss"] += float(loss_sum)
         sums["epochs"] += 1
         if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
@@ -175,6 +219,7 @@ class Learner:
                 mb = batch.rows(idx)
                 w = mb.completion_len
                 out[idx, :w] = self._ref_forward(mb, mask[idx][:, :w])
+        self._pad_passes(len(chunks), backward=False)
         return out
 
     def _ref_forward(self, mb: RolloutBatch, mb_mask: Tensor) -> Tensor:
@@ -186,7 +231,7 @@ class Learner:
                 out = token_logprobs(self.model, *args, temperature=self.hyper.temperature)
             self.model.train(was_training)
             return out
-        return token_logprobs(self.reference, *args, temperature=self.hyper.temperature)
+        return self.ref_scorer(*args, temperature=self.hyper.temperature)
 
     def _autocast(self):
         mode = self.hyper.autocast
@@ -196,7 +241,8 @@ class Learner:
     def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:
         if self.world > 1:
             sums = distributed.reduce_sums(sums)
-        tokens = max(sums.pop("tokens", 0.0), 1.0)
+        trained = sums.pop("tokens", 0.0)  # tokens of the rows that went through the model
+        tokens = trained if trained > 0 else float("nan")  # no such row: the stats are unknown
         epochs = max(sums.get("epochs", 1.0), 1.0)
         steps = max(epochs - sums.get("skipped", 0.0), 1.0)
         out = {k: sums.get(k, 0.0) / tokens
@@ -215,32 +261,54 @@ class Learner:
         if self.reference is _LORA_REF:
             raise RuntimeError("ref_refresh_every needs LoRA off or an explicit reference model")
         with torch.no_grad():
+            if self.sharded:  # same sharding: copy shard for shard
+                for ref, pol in zip(self.reference.parameters(), self.model.parameters()):
+                    ref.copy_(pol)
+                return
             self.reference.load_state_dict(dict(hf_weights(self.model)))
 
     def sync_weights(self) -> Iterator[tuple[str, Tensor]]:
-        """(HF name, tensor) pairs for the sampler's `load_weights` (LoRA merged in)."""
+        """(HF name, tensor) pairs for the sampler's `load_weights` (LoRA merged in); whole
+        tensors under FSDP2 (collective: every rank syncs its own engine)."""
         return hf_weights(self.model)
 
     def save_pretrained(self, out_dir: str | Path, tokenizer=None) -> Path:
-        return save_hf_dir(self.model, out_dir, tokenizer)
+        """Collective under FSDP2 (every rank gathers, rank 0 writes): call it on every rank."""
+        state = dict(hf_weights(self.model))
+        if distributed.is_main():
+            save_hf_dir(self.model, out_dir, tokenizer, state=state)
+        return Path(out_dir)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: model, optimizer, schedule, iteration, RNG."""
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                 "scheduler": self.scheduler.state_dict(), "iteration": self.iteration,
-                 "rng": torch.get_rng_state()}
+        """Everything needed to resume exactly: model, optimizer, schedule, iteration, RNG.
+        Collective under FSDP2 (the full state, on rank 0; {} for model and optimizer elsewhere)."""
+        weights = (sharding.full_state(self.model, self.optimizer) if self.sharded else
+                   {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
+        state = {**weights, "scheduler": self.scheduler.state_dict(),
+                 "iteration": self.iteration, "rng": torch.get_rng_state()}
         if isinstance(self.reference, nn.Module) and self.hyper.ref_refresh_every:
-            state["reference"] = self.reference.state_dict()
+            state["reference"] = (dict(hf_weights(self.reference)) if self.sharded
+                                  else self.reference.state_dict())
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            sharding.load_full_state(self.model, self.optimizer, state)
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         torch.set_rng_state(state["rng"])
         if "reference" in state and isinstance(self.reference, nn.Module):
-            self.reference.load_state_dict(state["reference"])
+            if self.sharded:
+                from torch.distributed.checkpoint.state_dict import (
+                    StateDictOptions, set_model_state_dict)
+
+                set_model_state_dict(self.reference, state["reference"],
+                                     options=StateDictOptions(full_state_dict=True))
+            else:
+                self.reference.load_state_dict(state["reference"])
 
 
 def _accumulate(sums: dict[str, float], m: dict[str, Tensor], entropy: Tensor,

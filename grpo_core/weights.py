@@ -35,8 +35,10 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
 def hf_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """(HF parameter name, detached tensor) for every weight, as `from_pretrained` names them."""
     if not is_peft(model):
+        from grpo_core.sharding import full
+
         for name, tensor in model.state_dict().items():
-            yield name, tensor.detach()
+            yield name, full(tensor.detach())  # FSDP2: gathered whole (collective)
         return
     base = model.get_base_model()
     modules = dict(base.named_modules())
@@ -73,11 +75,13 @@ def _savable(model: nn.Module):
             model.config.quantization_config = qconfig
 
 
-def save_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write a plain safetensors HF directory (merged if LoRA). Refuses non-finite weights,
-    and writes to a sibling temp dir first so a crash never leaves a half-written checkpoint."""
+def save_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer=None,
+                state: dict[str, Tensor] | None = None) -> Path:
+    """Write a plain safetensors HF directory (merged if LoRA; `state` = `hf_weights(model)`
+    already gathered). Refuses non-finite weights, and writes to a sibling temp dir first so a
+    crash never leaves a half-written checkpoint."""
     out = Path(out_dir)
-    state = dict(hf_weights(model))
+    state = dict(hf_weights(model)) if state is None else state
     bad = [name for name, t in state.items() if t.is_floating_point() and not torch.isfinite(t).all()]
     if bad:
         raise RuntimeError(f"refusing to save {out}: non-finite values in {bad[0]} "

@@ -79,6 +79,8 @@ RULES = [
     ("train.micro_batch_size=0", "train.micro_batch_size must be >= 1, got 0"),
     ("train.autocast=float16",
      "train.autocast must be one of 'auto', 'bfloat16' or 'float32', got 'float16'"),
+    ("train.data_parallel=ddp",
+     "train.data_parallel must be one of 'replicate' or 'fsdp2', got 'ddp'"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
     ("train.dist_timeout_s=0", "train.dist_timeout_s must be > 0.0, got 0"),
     ("train.lora.r=0", "train.lora.r must be >= 1, got 0"),

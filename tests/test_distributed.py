@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from grpo_core import distributed
+from grpo_core import distributed, sharding
 from grpo_core.advantages import group_advantages
 from grpo_core.batch import build_batch
 from grpo_core.errors import UserError
@@ -42,6 +42,10 @@ CASES = {
                                     micro_batch_size=3, learning_rate=3e-2, mu=3), ()),
     "rank1_empty": (dict(loss_aggregation="seq_mean_token_mean"), (1,)),
 }
+# The same update with FSDP2: sharded parameters, padded passes on the rank with no rows.
+CASES.update({f"fsdp2_{name}": ({**CASES[name][0], "data_parallel": "fsdp2"}, CASES[name][1])
+              for name in ("token_mean", "dr_grpo_max_len", "clipped_truncated_gspo",
+                           "rank1_empty")})
 
 
 def rows(seed=0):
@@ -74,9 +78,48 @@ def run_case(settings, groups):
 
     learner = Learner(LlamaForCausalLM(tiny_llama_config()).eval(), UpdateHyper(**{**BASE, **settings}))
     metrics = learner.update(batch_of(groups) if groups else None)
-    params = {n: p.detach().clone() for n, p in learner.model.named_parameters()}
-    grads = {n: p.grad.clone() for n, p in learner.model.named_parameters() if p.grad is not None}
-    return params, grads, metrics
+    return _whole_params(learner), _whole_grads(learner), metrics
+
+
+def _whole_params(learner):
+    """Unsharded copies (FSDP2 gathers: every rank calls this, same order)."""
+    return {n: sharding.full(p.detach()).clone() for n, p in learner.model.named_parameters()}
+
+
+def _whole_grads(learner):
+    return {n: sharding.full(p.grad).clone() for n, p in learner.model.named_parameters()
+            if p.grad is not None}
+
+
+def fsdp2_resume_and_save(rank: int, out: Path) -> dict:
+    """FSDP2: the full state written by rank 0 and loaded by every rank into a fresh learner
+    continues exactly; `save_pretrained` writes the whole weights once; each rank holds about
+    half of the parameters."""
+    from safetensors.torch import load_file
+    from transformers import LlamaForCausalLM
+
+    hyper = UpdateHyper(**{**BASE, "data_parallel": "fsdp2"})
+    per = P // WORLD
+    shard = batch_of(list(range(rank * per, (rank + 1) * per)))
+    torch.manual_seed(0)
+    first = Learner(LlamaForCausalLM(tiny_llama_config()).eval(), hyper)
+    first.update(shard)
+    state = first.state_dict()  # collective; the full state on rank 0 only
+    if rank == 0:
+        torch.save(state, out / "state.pt")
+    first.save_pretrained(out / "ckpt")
+    saved = _whole_params(first)
+    local = sum(p.to_local().numel() for p in first.model.parameters())
+    dist.barrier()
+    torch.manual_seed(0)  # the initial weights (and reference): the update must come from the state
+    second = Learner(LlamaForCausalLM(tiny_llama_config()).eval(), hyper)
+    second.load_state_dict(torch.load(out / "state.pt", weights_only=False))
+    first.update(shard)
+    second.update(shard)
+    return {"continued": _whole_params(first), "resumed": _whole_params(second),
+            "saved": saved, "state_keys": sorted(k for k, v in state.items() if v != {}),
+            "local_numel": local,
+            "written": load_file(str(out / "ckpt" / "model.safetensors")) if rank == 0 else None}
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -97,6 +140,7 @@ def _worker(rank: int, store: str, out: str) -> None:
     results["reduced"] = distributed.reduce_metrics(
         {"a/mean": float(rank), "b/min": float(rank), "b/max": float(rank)})
     results["gathered"] = distributed.gather_to_main(f"rank{rank}")
+    results["fsdp2_resume"] = fsdp2_resume_and_save(rank, Path(out))
     torch.save(results, Path(out) / f"rank{rank}.pt")
     dist.destroy_process_group()
 
@@ -153,6 +197,22 @@ def test_reduced_metrics_and_gather(two_ranks):
     for r in range(WORLD):
         assert two_ranks[r]["reduced"] == {"a/mean": 0.5, "b/min": 0.0, "b/max": 1.0}
     assert two_ranks[0]["gathered"] == ["rank0", "rank1"] and two_ranks[1]["gathered"] is None
+
+
+def test_fsdp2_shards_saves_and_resumes_exactly(two_ranks):
+    res = [two_ranks[r]["fsdp2_resume"] for r in range(WORLD)]
+    for r in range(WORLD):
+        for key, value in res[r]["continued"].items():
+            torch.testing.assert_close(res[r]["resumed"][key], value, atol=1e-6, rtol=0)
+    assert {"model", "optimizer"} <= set(res[0]["state_keys"])
+    assert "model" not in res[1]["state_keys"]  # rank 1 keeps no copy of the full state
+    written = res[0]["written"]
+    for key, value in res[0]["saved"].items():
+        if key in written:  # a tied lm_head is stored once, as the embedding
+            torch.testing.assert_close(written[key], value)
+    total = sum(v.numel() for v in res[0]["saved"].values())
+    for r in range(WORLD):  # sharded: each rank holds about half (dim 0 rounds up)
+        assert res[r]["local_numel"] <= 0.55 * total, (r, res[r]["local_numel"], total)
 
 
 def test_single_process_helpers_are_identities():

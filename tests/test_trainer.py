@@ -79,6 +79,40 @@ def test_mu1_equals_reinforce_with_group_baseline(tiny_llama):
         torch.testing.assert_close(a, p.grad, atol=1e-6, rtol=1e-5)
 
 
+def test_zero_advantage_rows_skip_the_model_but_count_in_the_normaliser(tiny_llama):
+    prompts, completions, _ = make_rows()
+    rewards = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.5, 0.5, 0.5, 0.5]])  # group 2: no signal
+    batch = build_batch(prompts, completions, group_advantages(rewards).reshape(-1), pad_id=0)
+    learner = Learner(copy.deepcopy(tiny_llama), hyper(loss_aggregation="token_mean",
+                                                       micro_batch_size=3))
+    rows_seen = []
+    learner.model.get_decoder().register_forward_pre_hook(
+        lambda module, args, kwargs: rows_seen.append(kwargs["input_ids"].shape[0]),
+        with_kwargs=True)
+    learner.update(batch)
+    assert sum(rows_seen) == G  # only the first group went through the model
+    # the full-batch token-mean REINFORCE gradient, every row's tokens in the denominator
+    model = copy.deepcopy(tiny_llama)
+    logp = naive_token_logprobs(model, batch.input_ids, batch.attention_mask,
+                                batch.completion_mask)
+    (-(batch.advantages * logp.sum(1)).sum() / batch.completion_mask.sum()).backward()
+    for p, ref in zip(learner.model.parameters(), model.parameters()):
+        torch.testing.assert_close(p.grad, ref.grad, atol=1e-6, rtol=1e-5)
+
+
+def test_no_trained_rows_still_takes_the_zero_gradient_step(tiny_llama):
+    prompts, completions, _ = make_rows()
+    batch = build_batch(prompts, completions, torch.zeros(P * G), pad_id=0)
+    learner = Learner(copy.deepcopy(tiny_llama), hyper(weight_decay=0.1))
+    before = [p.detach().clone() for p in learner.model.parameters()]
+    metrics = learner.update(batch)
+    assert all(float(p.grad.abs().max()) == 0 for p in learner.model.parameters())
+    # AdamW's decoupled weight decay still applied: the step was taken, as a computed zero
+    # gradient would have done
+    assert any(not torch.equal(a, p) for a, p in zip(before, learner.model.parameters()))
+    assert metrics["optimizer_steps"] == 1 and metrics["entropy"] != metrics["entropy"]  # NaN
+
+
 def test_mu2_second_epoch_uses_frozen_old_logp(tiny_llama):
     learner = Learner(copy.deepcopy(tiny_llama), hyper(mu=3, learning_rate=3e-2))
     m = learner.update(make_batch())
