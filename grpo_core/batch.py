@@ -52,6 +52,21 @@ class RolloutBatch:
                        sampler_logp=None if sub.sampler_logp is None else sub.sampler_logp[:, :width])
 
 
+def prompt_chunks(batch: RolloutBatch, rows: Tensor, size: int) -> list[Tensor]:
+    """`rows` (indices, in order) cut into micro-batches of at most `size` rows that never mix
+    two prompts: runs of consecutive rows with the same prompt (a group's G samples), each
+    split into pieces of `size`. Such a micro-batch can run its prompt once
+    (`grpo_core.logprobs`, `share_prompt`)."""
+    if rows.numel() == 0:
+        return []
+    prompt_cols = batch.input_ids.shape[1] - batch.completion_len
+    ids = batch.input_ids[rows, :prompt_cols]
+    mask = batch.attention_mask[rows, :prompt_cols]
+    same = ((ids[1:] == ids[:-1]) & (mask[1:] == mask[:-1])).all(dim=1)  # (n - 1,)
+    starts = [0, *(torch.nonzero(~same).flatten() + 1).tolist(), rows.numel()]
+    return [piece for a, b in zip(starts, starts[1:]) for piece in rows[a:b].split(size)]
+
+
 def _take(batch: RolloutBatch, index: Tensor) -> RolloutBatch:
     return RolloutBatch(**{k: (v[index] if isinstance(v, Tensor) else v) for k, v in vars(batch).items()})
 

@@ -163,6 +163,10 @@ class TrainConfig(Section):
     # auto: bfloat16 on GPU, float32 on CPU (bf16 autocast measured 1.5-2x slower on CPU here)
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
+    # micro-batches never mix prompts and run their (shared) prompt once: a group's G
+    # completions cost one prompt forward/backward instead of G (off with gradient
+    # checkpointing or fsdp2, which need the plain forward)
+    shared_prompt_forward: bool = True
     checkpoint_every: int = Field(default=5, ge=1)
     output_dir: str = "models/grpo"
     seed: int = 0

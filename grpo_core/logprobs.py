@@ -62,22 +62,26 @@ def _chunk_logp(hidden: Tensor, targets: Tensor, head: nn.Module, temperature: f
 def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                    completion_mask: Tensor, *, temperature: float = 1.0,
                    with_entropy: bool = False, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                   ) -> Tensor | tuple[Tensor, Tensor]:
+                   share_prompt: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """log pi(o_t | q, o_<t) for the completion tokens.
 
     input_ids, attention_mask: `(B, L)`; completion_mask: `(B, T)`, aligned with the last T
     columns of input_ids. Returns logp `(B, T)` float32 (0 where the mask is 0), and with
     `with_entropy` also the per-token entropy `(B, T)` (detached, 0 where masked).
-    Differentiable when grad is enabled.
+    Differentiable when grad is enabled. `share_prompt`: when every row has the same unpadded
+    prompt (a micro-batch from one group), run the prompt once (`_shared_prompt_hidden`).
     """
     b, length = input_ids.shape
     t = completion_mask.shape[1]
     if t >= length:
         raise ValueError(f"need at least one prompt token: input is {length} wide, completions {t}")
     backbone, head, cap = _head_parts(model)
-    out = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                   position_ids=position_ids_for(attention_mask), use_cache=False)
-    hidden = out[0][:, length - t - 1:length - 1]  # (B, T, H): states that predict completions
+    if share_prompt and b > 1 and _one_prompt(input_ids, attention_mask, length - t):
+        hidden = _shared_prompt_hidden(backbone, input_ids, length - t)
+    else:
+        out = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                       position_ids=position_ids_for(attention_mask), use_cache=False)
+        hidden = out[0][:, length - t - 1:length - 1]  # (B, T, H): states that predict completions
     on = completion_mask.bool()  # (B, T)
     picked = hidden[on]  # (N, H), only real completion tokens
     targets = input_ids[:, length - t:][on]  # (N,)
@@ -96,6 +100,36 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     if not with_entropy:
         return logp
     return logp, _scatter(ent_parts, on, hidden).detach()
+
+
+def _one_prompt(input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> bool:
+    """True when all rows carry the same prompt with no padding in it."""
+    prompt = input_ids[:, :prompt_len]
+    return bool(attention_mask[:, :prompt_len].all()) and bool((prompt == prompt[:1]).all())
+
+
+def _shared_prompt_hidden(backbone: nn.Module, input_ids: Tensor, prompt_len: int) -> Tensor:
+    """The `(B, T, H)` hidden states that predict the completion tokens, with the shared
+    prompt run ONCE: its keys/values (still in the autograd graph, so gradients from every
+    completion flow back through them) are repeated over the B rows, and only the completion
+    columns run per row. A group's G completions share one prompt, so the prompt's share of
+    the forward and backward cost drops by a factor of G. Right padding after a completion
+    needs no mask: causal attention never lets a real token see a later pad."""
+    from transformers import DynamicCache
+
+    b = input_ids.shape[0]
+    prompt = backbone(input_ids=input_ids[:1, :prompt_len], use_cache=True,
+                      past_key_values=DynamicCache())
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(b)
+    last = prompt[0][:, -1:].expand(b, -1, -1)  # (B, 1, H): predicts completion token 0
+    rest = input_ids[:, prompt_len:-1]  # (B, T - 1): completion tokens 0..T-2
+    if rest.shape[1] == 0:
+        return last
+    positions = torch.arange(prompt_len, prompt_len + rest.shape[1], device=input_ids.device)
+    out = backbone(input_ids=rest, past_key_values=cache, use_cache=True,
+                   position_ids=positions.expand(b, -1))
+    return torch.cat([last, out[0]], dim=1)
 
 
 class TokenLogprobs(nn.Module):

@@ -41,6 +41,7 @@ class UpdateHyper:
     autocast: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
     gradient_checkpointing: bool = False
     data_parallel: str = "replicate"  # replicate | fsdp2 (under torchrun)
+    shared_prompt_forward: bool = True  # a group's prompt runs once per micro-batch
     lora_enabled: bool = False
     lora_r: int = 16
     lora_alpha: int = 32

@@ -44,7 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from grpo_core import distributed, sharding
-from grpo_core.batch import RolloutBatch
+from grpo_core.batch import RolloutBatch, prompt_chunks
 from grpo_core.logprobs import TokenLogprobs, token_logprobs
 from grpo_core.losses import policy_loss, token_weights
 from grpo_core.optim import UpdateHyper, make_optimizer
@@ -79,6 +79,10 @@ class Learner:
             sharding.shard(self.policy_scorer)
             if self.ref_scorer is not None:
                 sharding.shard(self.ref_scorer)
+        # HF turns the KV cache off under gradient checkpointing, and FSDP2 would see each
+        # block called twice per forward: both take the plain one-row-one-sequence forward
+        self.share_prompt = (hyper.shared_prompt_forward and not hyper.gradient_checkpointing
+                             and not self.sharded)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, hyper)
         self.iteration = 0
@@ -103,7 +107,7 @@ class Learner:
         batch = batch.to(self.device) if batch is not None else None
         weights = (token_weights if self.world == 1 else distributed.global_token_weights)(
             mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
-        chunks = self._trained_rows(batch).split(h.micro_batch_size) if batch is not None else ()
+        chunks = self._chunks(batch) if batch is not None else ()
         # FSDP2: every rank runs as many passes as the busiest one, agreed before any pass
         self.passes = sharding.pad_passes(len(chunks)) if self.sharded else len(chunks)
         start = time.perf_counter()
@@ -117,6 +121,12 @@ class Learner:
             self._epoch(batch, mask, weights, ref, chunks, epoch, state, sums)
         self.skip_iteration()
         return self._summary(sums, mask, lr, ref_s, time.perf_counter() - start - ref_s)
+
+    def _chunks(self, batch: RolloutBatch) -> list[Tensor] | tuple[Tensor, ...]:
+        rows = self._trained_rows(batch)
+        if self.share_prompt:
+            return prompt_chunks(batch, rows, self.hyper.micro_batch_size)
+        return rows.split(self.hyper.micro_batch_size)
 
     def _trained_rows(self, batch: RolloutBatch) -> Tensor:
         """Indices of the rows that go through forward and backward. Without the KL term
@@ -164,7 +174,8 @@ class Learner:
             with self._autocast():
                 logp, entropy = self.policy_scorer(mb.input_ids, mb.attention_mask, mb_mask,
                                                    temperature=h.temperature, with_entropy=True,
-                                                   chunk_tokens=h.chunk_tokens)
+                                                   chunk_tokens=h.chunk_tokens,
+                                                   share_prompt=self.share_prompt)
             if epoch == 0:  # the policy has not moved yet: these are pi_old's log-probs
                 state["old"][idx, :w] = logp.detach()
                 if h.tis_cap and mb.sampler_logp is not None:
@@ -228,10 +239,12 @@ class Learner:
             was_training = self.model.training
             self.model.eval()
             with self.model.disable_adapter():
-                out = token_logprobs(self.model, *args, temperature=self.hyper.temperature)
+                out = token_logprobs(self.model, *args, temperature=self.hyper.temperature,
+                                     share_prompt=self.share_prompt)
             self.model.train(was_training)
             return out
-        return self.ref_scorer(*args, temperature=self.hyper.temperature)
+        return self.ref_scorer(*args, temperature=self.hyper.temperature,
+                               share_prompt=self.share_prompt)
 
     def _autocast(self):
         mode = self.hyper.autocast

@@ -86,3 +86,55 @@ def test_no_grad_mode_and_empty_mask(tiny_llama, batch):
         logp = token_logprobs(tiny_llama, batch.input_ids, batch.attention_mask,
                               torch.zeros_like(batch.completion_mask))
     assert logp.shape == (4, 6) and (logp == 0).all()
+
+
+def group_batch():
+    """Two groups of three samples: rows 0-2 share one prompt, rows 3-5 another (of another
+    length, so the batch has left padding), completions of 1-4 tokens (right padding)."""
+    prompts = [[1, 5, 9, 33, 7]] * 3 + [[1, 40, 41]] * 3
+    completions = [[4, 5, 6], [7, 8], [9, 10, 11, 12], [13], [14, 15], [16, 17, 18]]
+    return build_batch(prompts, completions, torch.tensor([1.0, -1, 0.5, -0.5, 2, -2]), pad_id=0)
+
+
+def test_prompt_chunks_never_mix_prompts():
+    from grpo_core.batch import prompt_chunks
+
+    b = group_batch()
+    assert [c.tolist() for c in prompt_chunks(b, torch.arange(6), 2)] == [[0, 1], [2], [3, 4], [5]]
+    assert [c.tolist() for c in prompt_chunks(b, torch.tensor([0, 2, 3]), 8)] == [[0, 2], [3]]
+    assert prompt_chunks(b, torch.arange(0), 8) == []
+
+
+def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
+    """Values, gradients and entropy of a group's micro-batch with its prompt run once equal
+    the plain forward's; the backbone then sees the prompt once (1 row), not per sample."""
+    from grpo_core.batch import prompt_chunks
+
+    b = group_batch()
+    results = {}
+    for share in (False, True):
+        tiny_llama.zero_grad()
+        rows_seen = []
+        hook = tiny_llama.model.register_forward_pre_hook(
+            lambda module, args, kwargs: rows_seen.append(tuple(kwargs["input_ids"].shape)),
+            with_kwargs=True)
+        total, ents = 0.0, []
+        for idx in prompt_chunks(b, torch.arange(6), 8):
+            mb = b.rows(idx)
+            logp, ent = token_logprobs(tiny_llama, mb.input_ids, mb.attention_mask,
+                                       mb.completion_mask, with_entropy=True, temperature=0.7,
+                                       share_prompt=share)
+            total = total + (logp * mb.advantages[:, None]).sum()
+            ents.append(ent)
+        hook.remove()
+        total.backward()
+        results[share] = (float(total.detach()), [p.grad.clone() for p in tiny_llama.parameters()],
+                          ents, rows_seen)
+    plain, shared = results[False], results[True]
+    assert shared[0] == pytest.approx(plain[0], rel=1e-5)
+    for a, c in zip(plain[1], shared[1]):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
+    for a, c in zip(plain[2], shared[2]):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
+    assert plain[3] == [(3, 9), (3, 6)]  # prompt + longest completion, per row
+    assert shared[3] == [(1, 5), (3, 3), (1, 3), (3, 2)]  # prompt once, then completions
