@@ -37,8 +37,11 @@ def hf_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     if not is_peft(model):
         from grpo_core.sharding import full
 
-        for name, tensor in model.state_dict().items():
-            yield name, full(tensor.detach())  # FSDP2: gathered whole (collective)
+        gathered: dict[int, Tensor] = {}  # tied weights (one parameter, two names) stay one tensor
+        for name, tensor in model.state_dict(keep_vars=True).items():
+            if id(tensor) not in gathered:
+                gathered[id(tensor)] = full(tensor.detach())  # FSDP2: gathered whole (collective)
+            yield name, gathered[id(tensor)]
         return
     base = model.get_base_model()
     modules = dict(base.named_modules())

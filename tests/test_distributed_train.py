@@ -36,9 +36,16 @@ def project(tmp_path_factory, tiny_sft_dir, data_dir):
     return root
 
 
-def test_two_ranks_train_and_rank0_alone_writes(project):
+@pytest.fixture(scope="module")
+def replicated(project):
+    """The project after `torchrun --nproc_per_node 2 grpo train` (replicas, the default)."""
     out = torchrun_grpo(project, "train")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    return project
+
+
+def test_two_ranks_train_and_rank0_alone_writes(replicated):
+    project = replicated
 
     client = MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
@@ -76,21 +83,21 @@ def fsdp2_project(tmp_path_factory, tiny_sft_dir, data_dir):
     return root
 
 
-def test_fsdp2_job_trains_the_same_policy_as_replicas(project, fsdp2_project, tiny_sft_dir):
+def test_fsdp2_job_trains_the_same_policy_as_replicas(replicated, fsdp2_project, tiny_sft_dir):
     """Same data, seeds and steps with sharded weights: the final policy matches the replicated
-    job's (which ran above), and rank 0 alone wrote the gathered, whole checkpoint."""
+    job's, and rank 0 alone wrote the gathered, whole checkpoint (tied weights stored once)."""
     import torch
     from safetensors.torch import load_file
 
     out = torchrun_grpo(fsdp2_project, "train", "--set", "train.data_parallel=fsdp2")
     assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
     final = "models/grpo/final/model.safetensors"
-    sharded, replicated = load_file(fsdp2_project / final), load_file(project / final)
+    got, want = load_file(fsdp2_project / final), load_file(replicated / final)
     sft = load_file(next(Path(tiny_sft_dir).glob("*.safetensors")))
-    assert sharded.keys() == replicated.keys()
-    for key, value in replicated.items():
-        torch.testing.assert_close(sharded[key], value, atol=1e-5, rtol=0, msg=key)
-    assert max(float((replicated[k] - sft[k]).abs().max()) for k in sft if k in replicated) > 1e-5
+    assert got.keys() == want.keys()
+    for key, value in want.items():
+        torch.testing.assert_close(got[key], value, atol=1e-5, rtol=0, msg=key)
+    assert max(float((value - sft[k]).abs().max()) for k, value in want.items()) > 1e-5
     client = MlflowClient(tracking_uri=f"sqlite:///{fsdp2_project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["train.data_parallel"] == "fsdp2"
