@@ -160,7 +160,8 @@ def report(res: dict) -> str:
         f" x {SHAPE['new_tokens']} tokens, beta {SHAPE['beta']}, loss {res['loss']} (TRL "
         f"'{TRL_LOSS[res['loss']]}'), lr {SHAPE['lr']}, CPU, median of {res['steps']} steps",
         "TRL GRPOTrainer generates with transformers on CPU (its vLLM path needs CUDA); "
-        "ours generates with vLLM (rollout.dtype auto: float32 on a CPU without native bfloat16) through `grpo train`.",
+        "ours generates with vLLM (rollout.dtype auto: float32 on a CPU without native "
+        "bfloat16) through `grpo train`.",
         f"{'':<22}{'step s (median)':>16}{'steps s':>28}{'peak RSS GB':>13}{'tree RSS GB':>13}",
     ]
     for name, r in (("this project", o), ("TRL GRPOTrainer", t)):
