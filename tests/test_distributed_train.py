@@ -25,15 +25,19 @@ def torchrun_grpo(root: Path, *args: str, nproc: int = 2) -> subprocess.Complete
                           cwd=root, env=env, capture_output=True, text=True, timeout=600)
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_sft_dir, data_dir):
-    root = tmp_path_factory.mktemp("ddp")
+def prepared_project(root: Path, sft_dir: Path, data_dir: Path) -> Path:
+    """A tiny project (HF engine, 2 iterations, a user reward) with its data prepared."""
     (root / "myrewards.py").write_text(VARIETY_REWARD)
-    tiny_params(root, tiny_sft_dir, data_dir, engine="hf", iterations=2,
+    tiny_params(root, sft_dir, data_dir, engine="hf", iterations=2,
                 reward={"functions": {"myrewards:vowels": 1.0}})
     out = run_grpo(root, "prepare")
     assert out.returncode == 0, out.stderr[-2000:]
     return root
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, tiny_sft_dir, data_dir):
+    return prepared_project(tmp_path_factory.mktemp("ddp"), tiny_sft_dir, data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -74,13 +78,7 @@ def test_two_ranks_train_and_rank0_alone_writes(replicated):
 
 @pytest.fixture(scope="module")
 def fsdp2_project(tmp_path_factory, tiny_sft_dir, data_dir):
-    root = tmp_path_factory.mktemp("fsdp2")
-    (root / "myrewards.py").write_text(VARIETY_REWARD)
-    tiny_params(root, tiny_sft_dir, data_dir, engine="hf", iterations=2,
-                reward={"functions": {"myrewards:vowels": 1.0}})
-    out = run_grpo(root, "prepare")
-    assert out.returncode == 0, out.stderr[-2000:]
-    return root
+    return prepared_project(tmp_path_factory.mktemp("fsdp2"), tiny_sft_dir, data_dir)
 
 
 def test_fsdp2_job_trains_the_same_policy_as_replicas(replicated, fsdp2_project, tiny_sft_dir):
