@@ -46,12 +46,6 @@ def shard(model: nn.Module) -> nn.Module:
     return model
 
 
-def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def full(t: Tensor) -> Tensor:
     """The whole tensor of a sharded DTensor (collective: every rank must call it, in the same
     order); a plain tensor as it is."""
