@@ -160,7 +160,8 @@ class TrainConfig(Section):
     adam_betas: tuple[float, float] = (0.9, 0.99)
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     micro_batch_size: int = Field(default=8, ge=1)
-    # auto: bfloat16 on GPU, float32 on CPU (bf16 autocast measured 1.5-2x slower on CPU here)
+    # auto: bfloat16 where it is native (GPU; CPU with AVX512-BF16/AMX), else float32
+    # (grpo_core.hardware: emulated bf16 autocast ran 1.5-2x slower than float32)
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     # micro-batches never mix prompts and run their (shared) prompt once: a group's G

@@ -38,7 +38,7 @@ class UpdateHyper:
     adam_betas: tuple[float, float] = (0.9, 0.99)
     max_grad_norm: float = 1.0
     micro_batch_size: int = 8
-    autocast: str = "auto"  # auto: bfloat16 on CUDA, float32 elsewhere
+    autocast: str = "auto"  # auto: bfloat16 on CUDA and native-bf16 CPUs, else float32
     gradient_checkpointing: bool = False
     data_parallel: str = "replicate"  # replicate | fsdp2 (under torchrun)
     shared_prompt_forward: bool = True  # a group's prompt runs once per micro-batch

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from grpo_core import distributed, sharding
 from grpo_core.batch import RolloutBatch, prompt_chunks
+from grpo_core.hardware import cpu_has_native_bf16
 from grpo_core.logprobs import TokenLogprobs, token_logprobs
 from grpo_core.losses import policy_loss, token_weights
 from grpo_core.optim import UpdateHyper, make_optimizer
@@ -248,7 +249,8 @@ class Learner:
 
     def _autocast(self):
         mode = self.hyper.autocast
-        on = mode == "bfloat16" or (mode == "auto" and self.device.type == "cuda")
+        native = self.device.type == "cuda" or cpu_has_native_bf16()
+        on = mode == "bfloat16" or (mode == "auto" and native)
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:
