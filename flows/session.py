@@ -150,11 +150,19 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
 
 
 def _engine_options(cfg: Config) -> dict[str, Any]:
+    """The engine's keyword arguments. The context holds the longest prompt plus the longer of
+    the rollout's and the evaluation's completions (one engine serves both in training)."""
+    from grpo_core.rollout import kv_cache_tokens
+
     r = cfg.rollout
+    longest = r.max_prompt_tokens + max(r.max_new_tokens, cfg.evaluate.max_new_tokens)
+    batch = kv_cache_tokens(r.prompts_per_iteration, r.group_size, r.max_prompt_tokens,
+                            r.max_new_tokens)
     return dict(dtype=r.dtype, seed=r.seed, max_prompt_tokens=r.max_prompt_tokens,
                 overlong_prompts=r.overlong_prompts, cpu_kv_cache_gib=r.cpu_kv_cache_gib,
                 gpu_memory_utilization=r.gpu_memory_utilization,
-                tensor_parallel_size=r.tensor_parallel_size, sleep_mode=r.sleep_mode)
+                tensor_parallel_size=r.tensor_parallel_size, sleep_mode=r.sleep_mode,
+                max_model_len=longest, kv_cache_tokens=batch)
 
 
 def restart_engine(run: LiveRun) -> None:

@@ -14,7 +14,8 @@ from typing import Any, Literal, Optional
 import re
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from grpo_core.errors import UserError
 
@@ -103,11 +104,20 @@ class RolloutConfig(Section):
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     seed: int = 0
     output_dir: str = "rollouts"
-    # vLLM memory: GiB of KV cache on CPU; fraction of GPU memory on GPU.
-    cpu_kv_cache_gib: float = Field(default=2.0, gt=0.0)
+    # vLLM memory: GiB of KV cache on CPU (auto: what one rollout batch can need, see
+    # grpo_core.rollout.kv_cache_tokens); fraction of GPU memory on GPU.
+    cpu_kv_cache_gib: float | str = "auto"
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(default=1, ge=1)
     sleep_mode: bool = False
+
+    @field_validator("cpu_kv_cache_gib", mode="before")
+    @classmethod
+    def _auto_or_positive(cls, value: Any) -> Any:
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if value == "auto" or (number and value > 0):
+            return float(value) if number else value
+        raise ValueError(f"must be 'auto' or a number of GiB > 0, got {value!r}")
 
 
 # --------------------------------------------------------------------------- reward

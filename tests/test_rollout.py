@@ -6,14 +6,17 @@ weight-sync test perturbs the weights and restores them before it ends.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 
 from grpo_core.errors import UserError
-from grpo_core.rollout import SamplingSettings, encode_prompts, make_engine
+from grpo_core.rollout import (SamplingSettings, encode_prompts, kv_bytes_per_token,
+                               kv_cache_tokens, make_engine)
 from grpo_core.rollout.records import COLUMNS, to_frame, write_records
 from grpo_core.weights import hf_weights
 
@@ -23,11 +26,14 @@ QUESTIONS = ["What is 2 + 3?", "Name one primary color.",
              "Natalia sold clips to 48 of her friends in April, and then she sold half as many "
              "clips in May. How many clips did Natalia sell altogether in April and May?"]
 EOS = 2  # <|im_end|> of SmolLM2-Instruct
+BATCH = (3, 4, 512, 48)  # the engine's KV cache is sized for 3 prompts x 4 samples x 48 tokens
+CONTEXT = 512 + 64
 
 
 @pytest.fixture(scope="module")
 def engine(sft_dir):
-    e = make_engine("vllm", sft_dir, dtype="float32", seed=0, cpu_kv_cache_gib=0.5,
+    e = make_engine("vllm", sft_dir, dtype="float32", seed=0, cpu_kv_cache_gib="auto",
+                    max_model_len=CONTEXT, kv_cache_tokens=kv_cache_tokens(*BATCH),
                     max_prompt_tokens=512, overlong_prompts="skip")
     yield e
     e.close()
@@ -87,6 +93,16 @@ def test_vllm_groups_have_g_samples_finish_reasons_and_logprobs(engine, prompts)
             assert ended or len(c.token_ids) == 16
     m = result.metrics()
     assert m["rollout/completions"] == 12 and m["rollout/tokens"] > 0
+
+
+def test_auto_kv_cache_is_sized_for_one_rollout_batch(engine, sft_dir):
+    config = json.loads((Path(sft_dir) / "config.json").read_text())
+    per_token = 2 * 30 * 3 * 64 * 4  # SmolLM2-135M: 30 layers, 3 KV heads of 64, float32
+    assert kv_bytes_per_token(config, 4) == per_token
+    assert kv_cache_tokens(*BATCH) == 3 * 512 + 3 * 4 * (48 + 256)
+    cache = engine.llm.llm_engine.vllm_config.cache_config
+    assert cache.kv_cache_memory_bytes == kv_cache_tokens(*BATCH) * per_token
+    assert engine.context_len == CONTEXT
 
 
 def test_vllm_stop_strings_end_completions(engine, prompts):

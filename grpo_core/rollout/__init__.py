@@ -150,6 +150,28 @@ def prompt_limit(max_prompt_tokens: int, context_len: int, max_new_tokens: int) 
     return min(max_prompt_tokens, context_len - max_new_tokens)
 
 
+# vLLM's CPU backend allocates the KV cache in blocks of 128 tokens; a sample may hold a
+# partial block of its prompt (only full blocks are shared between the G samples of a prompt
+# by prefix caching) and a partial block of its completion.
+KV_BLOCK_TOKENS = 128
+
+
+def kv_cache_tokens(prompts: int, group: int, max_prompt_tokens: int, max_new_tokens: int) -> int:
+    """KV-cache tokens that one rollout batch of `prompts` x `group` samples can occupy at
+    most: each prompt once (its full blocks are shared by its samples) plus, per sample, its
+    completion and two partial blocks."""
+    return prompts * max_prompt_tokens + prompts * group * (max_new_tokens + 2 * KV_BLOCK_TOKENS)
+
+
+def kv_bytes_per_token(config: dict, dtype_bytes: int) -> int:
+    """Bytes of keys and values one token takes in every layer of a decoder (HF config.json
+    fields; Llama-style attention with optional grouped-query heads)."""
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes
+
+
 def cut_at_stop(text: str, stop: tuple[str, ...]) -> tuple[str, bool]:
     """Text before the first stop string, and whether one was found."""
     hits = [i for i in (text.find(s) for s in stop if s) if i >= 0]

@@ -9,6 +9,9 @@
   the old weights. Calling the live model's `load_weights` directly fails on CPU.
 - CPU: `enforce_eager`, KV cache size from `cpu_kv_cache_gib` (exact bytes, not the integer
   `VLLM_CPU_KVCACHE_SPACE`, which would override it and is therefore removed from the env).
+  vLLM zero-fills the whole cache at start, so all of it is resident memory: "auto" sizes it
+  for `kv_cache_tokens` (one rollout batch at full length) instead of a fixed size. The
+  context is `max_model_len` (clipped to the model's), so that one full request fits in it.
   GPU: `gpu_memory_utilization`, `tensor_parallel_size` and sleep mode pass through; with sleep
   mode the engine sleeps (level 1: weights to host, KV cache dropped) after each rollout and
   wakes before the next weight push, freeing accelerator memory for the update step.
@@ -21,6 +24,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import time
@@ -34,9 +38,10 @@ from vllm import LLM, SamplingParams  # noqa: E402
 from vllm.inputs import TokensPrompt  # noqa: E402
 from vllm.platforms import current_platform  # noqa: E402
 
+from grpo_core.errors import UserError  # noqa: E402
 from grpo_core.rollout import (  # noqa: E402
     Completion, Group, RolloutResult, SamplingSettings, cut_at_stop, encode_prompts,
-    prompt_limit,
+    kv_bytes_per_token, prompt_limit,
 )
 
 log = logging.getLogger(__name__)
@@ -45,16 +50,21 @@ log = logging.getLogger(__name__)
 class VLLMEngine:
     def __init__(self, model_dir: str | Path, *, dtype: str = "bfloat16", seed: int = 0,
                  max_prompt_tokens: int = 512, overlong_prompts: str = "skip",
-                 cpu_kv_cache_gib: float = 2.0, gpu_memory_utilization: float = 0.5,
+                 cpu_kv_cache_gib: float | str = 2.0, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, sleep_mode: bool = False,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, kv_cache_tokens: int | None = None):
         self.on_cpu = current_platform.is_cpu()
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+        context = config.get("max_position_embeddings")
+        if max_model_len and context:
+            max_model_len = min(max_model_len, context)
         options = dict(model=str(model_dir), dtype=dtype, seed=seed,
                        logprobs_mode="processed_logprobs", enable_prefix_caching=True,
                        max_model_len=max_model_len)
         if self.on_cpu:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            options.update(enforce_eager=True, kv_cache_memory_bytes=int(cpu_kv_cache_gib * 2**30))
+            options.update(enforce_eager=True, kv_cache_memory_bytes=cpu_kv_cache_bytes(
+                config, dtype, cpu_kv_cache_gib, max_model_len or context, kv_cache_tokens))
             if sleep_mode or tensor_parallel_size > 1:
                 log.warning("vLLM on CPU: sleep_mode and tensor_parallel_size are GPU settings; "
                             "ignored")
@@ -125,6 +135,20 @@ class VLLMEngine:
         if self.asleep:
             self.llm.wake_up()
             self.asleep = False
+
+
+def cpu_kv_cache_bytes(config: dict, dtype: str, gib: float | str, context: int | None,
+                       batch_tokens: int | None) -> int:
+    """Bytes of CPU KV cache: `gib` GiB, or for "auto" room for `batch_tokens` tokens and at
+    least for one request of `context` tokens (vLLM refuses to start with less)."""
+    if gib != "auto":
+        return int(gib * 2**30)
+    tokens = max(batch_tokens or 0, context or 0)
+    try:
+        return tokens * kv_bytes_per_token(config, getattr(torch, dtype).itemsize)
+    except KeyError as missing:
+        raise UserError(f"rollout.cpu_kv_cache_gib auto: the model's config.json has no "
+                        f"{missing} to size the KV cache from; set a number of GiB") from None
 
 
 def _retie_output_embeddings(worker) -> bool:
