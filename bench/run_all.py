@@ -55,7 +55,7 @@ def headline(name: str, f: dict | list | None) -> str:
         return "no figures"
     if name == "vs_trl":
         return (f"ours {f['ours']['median_step_s']:.1f} s vs TRL {f['trl']['median_step_s']:.1f} s "
-                f"(x{f['time_ratio']:.2f}); RSS {f['ours']['peak_tree_rss_gb']:.1f} vs "
+                f"{f['trl'].get('precision', '')} (x{f['time_ratio']:.2f}); RSS {f['ours']['peak_tree_rss_gb']:.1f} vs "
                 f"{f['trl']['peak_tree_rss_gb']:.1f} GB")
     if name == "iteration":
         m = f["medians"]

@@ -6,15 +6,19 @@ with the product's instruction, 4 prompts x G = 8 completions x 128 new tokens, 
 beta 0.04, clip 0.2, one update per batch, lr 1e-6, reward = gsm8k_accuracy + 0.5 x format,
 and the same loss aggregation (ours `token_mean` is TRL's `dapo`: one mean over every
 completion token of the batch). TRL runs on CPU: its vLLM path needs CUDA, so TRL generates
-with transformers `generate` (float32), in micro-batches of 8 (32 at once ran out of memory
-here, ENVIRONMENT.md), 4 accumulation steps = one optimizer step per 32 completions.
+with transformers `generate`, in micro-batches of 8 (32 at once ran out of memory here,
+ENVIRONMENT.md), 4 accumulation steps = one optimizer step per 32 completions. TRL runs once
+per precision in `--trl-precisions` (default: float32, and also bfloat16 mixed precision,
+TRL's own default, where the hardware has native bfloat16); the ratios are against the
+fastest TRL run. Ours runs on its defaults (`auto` dtypes: bfloat16 where native).
 
 Each side runs in its own subprocess (1 warm-up step + N measured steps); its peak memory is
 that process tree's. Step time: ours `time/iteration_s` from metrics/train_history.csv (rollout,
 reward, reference, update, weight sync); TRL: wall time between optimizer steps (generation,
 reward, reference, update). Median over the measured steps; the ratio is from this one run.
 
-    .venv/bin/python bench/vs_trl.py [--steps 3] [--json bench/results/vs_trl.json]
+    .venv/bin/python bench/vs_trl.py [--steps 3] [--trl-precisions float32,bfloat16]
+                                     [--json bench/results/vs_trl.json]
 """
 
 from __future__ import annotations
@@ -108,7 +112,7 @@ def trl_dataset(n: int):
     return Dataset.from_list(rows)
 
 
-def trl_worker(steps: int, loss: str, model: str, out: Path) -> None:
+def trl_worker(steps: int, loss: str, model: str, out: Path, bf16: bool) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -124,7 +128,7 @@ def trl_worker(steps: int, loss: str, model: str, out: Path) -> None:
 
     accumulate = SHAPE["prompts"] * SHAPE["group"] // SHAPE["micro"]
     args = GRPOConfig(
-        output_dir=str(out.parent / "trl_out"), use_cpu=True, bf16=False, report_to="none",
+        output_dir=str(out.parent / "trl_out"), use_cpu=True, bf16=bf16, report_to="none",
         max_steps=steps + 1, learning_rate=SHAPE["lr"], per_device_train_batch_size=SHAPE["micro"],
         gradient_accumulation_steps=accumulate, generation_batch_size=SHAPE["prompts"] * SHAPE["group"],
         num_generations=SHAPE["group"], max_completion_length=SHAPE["new_tokens"], temperature=1.0,
@@ -141,36 +145,46 @@ def trl_worker(steps: int, loss: str, model: str, out: Path) -> None:
     out.write_text(json.dumps({"step_seconds": times[1:], "warmup_seconds": times[0]}))
 
 
-def trl(root: Path, steps: int, loss: str, model: str) -> dict:
+def trl(root: Path, steps: int, loss: str, model: str, precision: str) -> dict:
     root.mkdir(parents=True, exist_ok=True)
-    out = root / "trl_steps.json"
+    out, log = root / f"trl_steps_{precision}.json", root / f"trl_{precision}.log"
     run = run_child([str(BIN / "python"), __file__, "--trl-worker", "--steps", str(steps),
                      "--loss", loss, "--model", model, "--out", str(out)]
-                    + (["--quick"] if SHAPE["new_tokens"] == 16 else []), root,
-                    project_env(root), log=root / "trl.log")
+                    + (["--quick"] if SHAPE["new_tokens"] == 16 else [])
+                    + (["--bf16"] if precision == "bfloat16" else []), root,
+                    project_env(root), log=log)
     if run["rc"]:
-        sys.exit(f"TRL worker failed: see {root / 'trl.log'}")
-    return {**run, **json.loads(out.read_text())}
+        sys.exit(f"TRL worker failed: see {log}")
+    return {**run, **json.loads(out.read_text()), "precision": precision}
+
+
+def default_trl_precisions() -> str:
+    """float32, and bfloat16 too where the hardware multiplies it natively."""
+    from grpo_core.hardware import fast_dtype
+
+    return "float32" + (",bfloat16" if fast_dtype() == "bfloat16" else "")
 
 
 def report(res: dict) -> str:
-    o, t = res["ours"], res["trl"]
     lines = [
         f"One GRPO iteration, SmolLM2-135M-Instruct, {SHAPE['prompts']} prompts x G={SHAPE['group']}"
         f" x {SHAPE['new_tokens']} tokens, beta {SHAPE['beta']}, loss {res['loss']} (TRL "
         f"'{TRL_LOSS[res['loss']]}'), lr {SHAPE['lr']}, CPU, median of {res['steps']} steps",
         "TRL GRPOTrainer generates with transformers on CPU (its vLLM path needs CUDA); "
-        "ours generates with vLLM (rollout.dtype auto: float32 on a CPU without native "
-        "bfloat16) through `grpo train`.",
-        f"{'':<22}{'step s (median)':>16}{'steps s':>28}{'peak RSS GB':>13}{'tree RSS GB':>13}",
+        f"ours generates with vLLM through `grpo train` (rollout dtype {res['our_dtype']}, "
+        f"update autocast {res['our_dtype']}).",
+        f"{'':<30}{'step s (median)':>16}{'steps s':>24}{'peak RSS GB':>13}{'tree RSS GB':>13}",
     ]
-    for name, r in (("this project", o), ("TRL GRPOTrainer", t)):
+    rows = [("this project", res["ours"])] + [
+        (f"TRL GRPOTrainer {r['precision']}", r) for r in res["trl_runs"]]
+    for name, r in rows:
         steps = ", ".join(f"{s:.1f}" for s in r["step_seconds"])
-        lines.append(f"{name:<22}{r['median_step_s']:>16.1f}{steps:>28}{r['peak_rss_gb']:>13.2f}"
+        lines.append(f"{name:<30}{r['median_step_s']:>16.1f}{steps:>24}{r['peak_rss_gb']:>13.2f}"
                      f"{r['peak_tree_rss_gb']:>13.2f}")
-    lines.append(f"time ratio ours/TRL {res['time_ratio']:.2f} (target <= 0.5); memory ratio "
-                 f"ours/TRL {res['memory_ratio']:.2f} (tree RSS; target <= 1); load average "
-                 f"before {res['load_before']} after {res['load_after']}")
+    lines.append(f"against the fastest TRL run ({res['trl']['precision']}): time ratio ours/TRL "
+                 f"{res['time_ratio']:.2f} (target <= 0.5), memory ratio ours/TRL "
+                 f"{res['memory_ratio']:.2f} (tree RSS; target <= 1); load average before "
+                 f"{res['load_before']} after {res['load_after']}")
     return "\n".join(lines)
 
 
@@ -178,26 +192,36 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=3, help="measured steps per side (after 1 warm-up)")
     ap.add_argument("--loss", default="token_mean", choices=sorted(TRL_LOSS))
+    ap.add_argument("--trl-precisions", default=None,
+                    help="comma-separated float32,bfloat16 (default: float32, plus bfloat16 "
+                         "where it is native)")
     ap.add_argument("--workdir", default="/tmp/grpo-vs-trl")
     ap.add_argument("--json", default=str(RESULTS / "vs_trl.json"))
     ap.add_argument("--quick", action="store_true", help="tiny shape: a plumbing check")
     ap.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
         SHAPE.update(prompts=2, group=4, new_tokens=16, micro=4)
     if args.trl_worker:
-        trl_worker(args.steps, args.loss, args.model, Path(args.out))
+        trl_worker(args.steps, args.loss, args.model, Path(args.out), args.bf16)
         return 0
+    precisions = (args.trl_precisions or default_trl_precisions()).split(",")
+    if not set(precisions) <= {"float32", "bfloat16"}:
+        sys.exit(f"--trl-precisions: expected float32 and/or bfloat16, got {args.trl_precisions}")
+    from grpo_core.hardware import fast_dtype
+
     model, root = sft_dir(), Path(args.workdir)
-    res = {"steps": args.steps, "loss": args.loss, "shape": SHAPE, "load_before": load_avg()}
+    res = {"steps": args.steps, "loss": args.loss, "shape": SHAPE, "load_before": load_avg(),
+           "our_dtype": fast_dtype()}
     res["ours"] = ours(root / "ours", args.steps, args.loss, model)
-    res["load_mid"] = load_avg()
-    res["trl"] = trl(root / "trl", args.steps, args.loss, model)
+    res["trl_runs"] = [trl(root / "trl", args.steps, args.loss, model, p) for p in precisions]
     res["load_after"] = load_avg()
-    for side in ("ours", "trl"):
-        res[side]["median_step_s"] = median(res[side]["step_seconds"])
+    for r in [res["ours"], *res["trl_runs"]]:
+        r["median_step_s"] = median(r["step_seconds"])
+    res["trl"] = min(res["trl_runs"], key=lambda r: r["median_step_s"])
     res["time_ratio"] = res["ours"]["median_step_s"] / res["trl"]["median_step_s"]
     res["memory_ratio"] = res["ours"]["peak_tree_rss_gb"] / res["trl"]["peak_tree_rss_gb"]
     res["note"] = "TRL generates with transformers on CPU (vLLM path needs CUDA)"
