@@ -146,10 +146,12 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                 if it % every == 0 and not last:
                     _call(checkpoint_task, run.key, it)
                     metrics.update(_call(evaluate_task, run.key, it, quick=True))
-                # Log, then save: a kill in between reruns this iteration on resume, and the
-                # rerun's log is skipped because MLflow already has the step (no gap, no dupe).
+                # Log, then save: a kill in between reruns the iterations since the last save
+                # on resume, and their logs are skipped because MLflow already has the steps
+                # (no gap, no dupe; the rerun draws the same prompts and samples).
                 _call(log_task, run.key, it, metrics)
-                _call(save_state_task, run.key, it)
+                if it % cfg.train.resume_every == 0 or last:
+                    _call(save_state_task, run.key, it)
                 bar.update(metrics)
                 if last:
                     break

@@ -85,6 +85,7 @@ RULES = [
     ("train.data_parallel=ddp",
      "train.data_parallel must be one of 'replicate' or 'fsdp2', got 'ddp'"),
     ("train.checkpoint_every=0", "train.checkpoint_every must be >= 1, got 0"),
+    ("train.resume_every=0", "train.resume_every must be >= 1, got 0"),
     ("train.dist_timeout_s=0", "train.dist_timeout_s must be > 0.0, got 0"),
     ("train.lora.r=0", "train.lora.r must be >= 1, got 0"),
     ("train.lora.alpha=0", "train.lora.alpha must be >= 1, got 0"),
