@@ -68,12 +68,14 @@ def tree_rss_bytes(root_pid: int) -> int:
 
 def run_child(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | None = None,
               timeout: float | None = None) -> dict:
-    """Run one measured process; -> {"rc", "seconds", "peak_rss_gb", "peak_tree_rss_gb"}.
-    peak_rss_gb: wait4's ru_maxrss (the largest single process of the tree); peak_tree_rss_gb:
-    the summed RSS of the process and its descendants, polled from /proc every 0.5 s."""
+    """Run one measured process; -> {"rc", "seconds", "peak_rss_gb", "peak_tree_rss_gb",
+    "rss_trace"}. peak_rss_gb: wait4's ru_maxrss (the largest single process of the tree);
+    peak_tree_rss_gb: the summed RSS of the process and its descendants, polled from /proc
+    every 0.5 s; rss_trace: (unix time, tree GB) every 5 s and at each new peak, to line up
+    with the child's log."""
     start = time.perf_counter()
     out = open(log, "w") if log else subprocess.DEVNULL
-    tree_peak = 0
+    tree_peak, trace = 0, []
     try:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -81,7 +83,10 @@ def run_child(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | No
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 break
-            tree_peak = max(tree_peak, tree_rss_bytes(proc.pid))
+            now = tree_rss_bytes(proc.pid)
+            if now > tree_peak or not trace or time.time() - trace[-1][0] >= 5:
+                trace.append((round(time.time(), 1), round(now / 1024 ** 3, 3)))
+            tree_peak = max(tree_peak, now)
             if deadline is not None and time.monotonic() > deadline:
                 proc.kill()
                 pid, status, usage = os.wait4(proc.pid, 0)
@@ -92,7 +97,7 @@ def run_child(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | No
             out.close()
     return {"rc": os.waitstatus_to_exitcode(status), "seconds": time.perf_counter() - start,
             "peak_rss_gb": usage.ru_maxrss / 1024 ** 2,  # ru_maxrss is KiB on Linux
-            "peak_tree_rss_gb": tree_peak / 1024 ** 3}
+            "peak_tree_rss_gb": tree_peak / 1024 ** 3, "rss_trace": trace}
 
 
 def median(values: list[float]) -> float:

@@ -44,6 +44,10 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 # - sampling temperature 0.7. Tried first at 1.0 (4 iterations, 2026-11-22): the 135M model's
 #   samples turned to word salad, 60% ran into the 200-token limit, 6% had a '####' line, and
 #   3 of 4 iterations had zero reward everywhere, so no group had a learning signal.
+# - the `format` criterion is strict (one '####' line, the last one). With the lax "some line
+#   starts with '####'" (2026-11-23, 45 iterations) the training format rate went 9% -> 100%
+#   by iteration 43 while 75-78% of the samples ran to the token limit: the policy printed
+#   '#### 20', '#### 18', '#### 18', ... until cut off, and scored no correct answer.
 RECIPE = {
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
                 "temperature": 0.7},
@@ -54,6 +58,7 @@ RECIPE = {
 }
 QUICK = {"rollout": {"prompts_per_iteration": 2, "group_size": 2, "max_new_tokens": 16},
          "train": {"iterations": 2, "checkpoint_every": 1000, "micro_batch_size": 4}}
+EVAL_KV_CACHE_GIB = 2.0
 MARK_START, MARK_END = "<!-- learning:start -->", "<!-- learning:end -->"
 
 
@@ -94,7 +99,6 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
     from grpo_core.config import load_config
     from grpo_core.evaluation import evaluate_frame
     from grpo_core.prompts import render_prompts
-    from grpo_core.rewards import _FORMATS
     from grpo_core.rollout import make_engine
 
     cfg = load_config(params)
@@ -104,7 +108,9 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
     p = cfg.data.prompt
     prompts = render_prompts(tok, frame["question"].tolist(), system=p.system,
                              instruction=p.instruction, few_shot=shots)
-    engine = make_engine(cfg.rollout.engine, checkpoint, **_engine_options(cfg))
+    # 500 prompts at once: a larger KV cache than one rollout batch's runs more of them together
+    options = {**_engine_options(cfg), "cpu_kv_cache_gib": EVAL_KV_CACHE_GIB}
+    engine = make_engine(cfg.rollout.engine, checkpoint, **options)
     start = time.perf_counter()
     try:
         metrics, records = evaluate_frame(engine, prompts, frame,
@@ -112,13 +118,21 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
                                           temperature=1.0, time_limit_s=cfg.reward.timeout_s)
     finally:
         engine.close()
-    fmt = _FORMATS[cfg.reward.answer_format]
+    save_json(mark_formatted({"checkpoint": checkpoint, "accuracy": metrics["accuracy"],
+                              "count": len(records), "seconds": time.perf_counter() - start,
+                              "records": records}, cfg.reward.answer_format), out)
+
+
+def mark_formatted(result: dict, answer_format: str) -> dict:
+    """Flag each record's completion with the `format` reward's criterion, and the rate.
+    Reused evaluations are re-marked, so a change of the criterion reaches them too."""
+    from grpo_core.rewards import _FORMATS
+
+    records = result["records"]
     for r in records:
-        r["formatted"] = bool(fmt(r["completion"]))
-    save_json({"checkpoint": checkpoint, "accuracy": metrics["accuracy"],
-               "formatted": sum(r["formatted"] for r in records) / max(len(records), 1),
-               "count": len(records), "seconds": time.perf_counter() - start,
-               "records": records}, out)
+        r["formatted"] = bool(_FORMATS[answer_format](r["completion"]))
+    result["formatted"] = sum(r["formatted"] for r in records) / max(len(records), 1)
+    return result
 
 
 def subset_params(params: Path, rows: int) -> Path:
@@ -252,7 +266,7 @@ def main() -> int:
     for label, ckpt in (("before", sft), ("after", str(root / "models" / "grpo" / "final"))):
         out = root / f"eval_{label}.json"
         if args.reuse_evals and out.is_file():
-            evals[label] = json.loads(out.read_text())
+            evals[label] = mark_formatted(json.loads(out.read_text()), "hashes")
             print(f"{label}: reused {out}", flush=True)
             continue
         if label == "after":

@@ -23,6 +23,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import re
 import signal
 import threading
 import time
@@ -136,15 +137,24 @@ def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
     return float(is_correct(completion, answer, source))
 
 
+def _hashes_once_at_end(text: str) -> bool:
+    """The GSM8K convention, strictly: the last non-empty line is '#### <number>' and no other
+    line starts with '####'. A lax "some line starts with '####'" was reward-hacked in our
+    learning run: the policy learned to print '#### 1', '#### 2', ... until the token limit."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    marked = sum(line.startswith("####") for line in lines)
+    return marked == 1 and lines[-1].startswith("####") and _has_number(lines[-1][4:])
+
+
 _FORMATS: dict[str, Callable[[str], bool]] = {
-    # '####' then a number, at the start of a line (the GSM8K convention)
-    "hashes": lambda text: any(
-        line.strip().startswith("####") and _has_number(line.strip()[4:])
-        for line in text.splitlines()),
-    # a non-empty \boxed{...}
-    "boxed": lambda text: bool(last_boxed(text)),
+    "hashes": _hashes_once_at_end,
+    # exactly one non-empty \boxed{...} (several would be the same hack as above)
+    "boxed": lambda text: bool(last_boxed(text)) and len(_BOXED_MARK.findall(text)) == 1,
 }
 ANSWER_FORMATS = tuple(_FORMATS)
+
+
+_BOXED_MARK = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
 def _has_number(text: str) -> bool:

@@ -113,8 +113,12 @@ def test_last_boxed_balances_braces():
     ("steps\n####42.5", "hashes", 1.0),
     ("steps #### 42", "hashes", 0.0),   # not on its own line
     ("steps\n#### forty", "hashes", 0.0),
+    ("steps\n#### 42\n\n", "hashes", 1.0),  # trailing blank lines are fine
+    ("steps\n#### 42\nand more", "hashes", 0.0),  # not the last line
+    ("#### 4\n#### 42", "hashes", 0.0),  # stated twice: the reward hack this rule stops
     ("so \\boxed{42}", "boxed", 1.0),
     ("so \\boxed{}", "boxed", 0.0),
+    ("\\boxed{4} or \\boxed{42}", "boxed", 0.0),
     ("steps\n#### 42", "boxed", 0.0),
 ])
 def test_format(completion, form, expected):
