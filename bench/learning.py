@@ -4,7 +4,7 @@ the SFT checkpoint and the trained policy are evaluated greedily on the same fix
 GSM8K test (the first N problems of test.jsonl in file order, N = 500 by default).
 
 Reported: accuracy, the fraction of answers in the instructed format (the `format` reward's
-criterion: a line starting with '####' followed by a number), the paired accuracy difference
+criterion: exactly one line '#### <number>', and it is the last), the paired accuracy difference
 with its 95% confidence interval (normal approximation over per-problem differences), a PNG of
 the training reward and the per-function rewards, and the README table between the
 `<!-- learning:start -->` / `<!-- learning:end -->` markers.
@@ -47,7 +47,9 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 # - the `format` criterion is strict (one '####' line, the last one). With the lax "some line
 #   starts with '####'" (2026-11-23, 45 iterations) the training format rate went 9% -> 100%
 #   by iteration 43 while 75-78% of the samples ran to the token limit: the policy printed
-#   '#### 20', '#### 18', '#### 18', ... until cut off, and scored no correct answer.
+#   '#### 20', '#### 18', '#### 18', ... until cut off, and scored no correct answer. With the
+#   strict rule alone (15 iterations) only 3 of 480 samples earned it and the format rate stayed
+#   at 0-6%: hence half credit for an answer stated once but not on the last line.
 RECIPE = {
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
                 "temperature": 0.7},

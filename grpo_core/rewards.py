@@ -137,6 +137,12 @@ def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
     return float(is_correct(completion, answer, source))
 
 
+def _hashes_once(text: str) -> bool:
+    """Exactly one line starts with '####', and a number follows it there."""
+    marked = [line.strip() for line in text.splitlines() if line.strip().startswith("####")]
+    return len(marked) == 1 and _has_number(marked[0][4:])
+
+
 def _hashes_once_at_end(text: str) -> bool:
     """The GSM8K convention, strictly: the last non-empty line is '#### <number>' and no other
     line starts with '####'. A lax "some line starts with '####'" was reward-hacked in our
@@ -151,6 +157,10 @@ _FORMATS: dict[str, Callable[[str], bool]] = {
     # exactly one non-empty \boxed{...} (several would be the same hack as above)
     "boxed": lambda text: bool(last_boxed(text)) and len(_BOXED_MARK.findall(text)) == 1,
 }
+# Half credit on the way to the strict form: the answer stated once, but not as the last line.
+# From the SFT checkpoint 3.5% of samples stated it once and 0.6% strictly (our learning run),
+# too rare a signal for the strict form alone to be learned within an hour on 2 cores.
+_HALF_FORMATS: dict[str, Callable[[str], bool]] = {"hashes": _hashes_once}
 ANSWER_FORMATS = tuple(_FORMATS)
 
 
@@ -165,11 +175,15 @@ def _has_number(text: str) -> bool:
 
 @per_completion
 def format_reward(completion: str, *, answer_format: str = "hashes", **_) -> float:
-    """1 if the completion states its final answer in the instructed form (`answer_format`)."""
+    """1 if the completion states its final answer in the instructed form (`answer_format`),
+    0.5 if it states it once in that form but not at the end ('hashes'), else 0."""
     if answer_format not in _FORMATS:
         raise UserError(f"reward.answer_format must be one of {', '.join(_FORMATS)}, "
                         f"got {answer_format!r}")
-    return float(_FORMATS[answer_format](completion))
+    if _FORMATS[answer_format](completion):
+        return 1.0
+    half = _HALF_FORMATS.get(answer_format)
+    return 0.5 if half is not None and half(completion) else 0.0
 
 
 @per_completion

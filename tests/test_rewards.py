@@ -114,7 +114,7 @@ def test_last_boxed_balances_braces():
     ("steps #### 42", "hashes", 0.0),   # not on its own line
     ("steps\n#### forty", "hashes", 0.0),
     ("steps\n#### 42\n\n", "hashes", 1.0),  # trailing blank lines are fine
-    ("steps\n#### 42\nand more", "hashes", 0.0),  # not the last line
+    ("steps\n#### 42\nand more", "hashes", 0.5),  # stated once, not as the last line
     ("#### 4\n#### 42", "hashes", 0.0),  # stated twice: the reward hack this rule stops
     ("so \\boxed{42}", "boxed", 1.0),
     ("so \\boxed{}", "boxed", 0.0),
