@@ -126,15 +126,29 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
 
 
 def mark_formatted(result: dict, answer_format: str) -> dict:
-    """Flag each record's completion with the `format` reward's criterion, and the rate.
-    Reused evaluations are re-marked, so a change of the criterion reaches them too."""
-    from grpo_core.rewards import _FORMATS
+    """Flag each record's completion by three criteria, and their rates: `formatted`, the
+    `format` reward's full credit (hashes: one '#### <number>' line, the last); `stated_once`,
+    its half credit (one such line anywhere); `any_hashes_line`, the lax criterion of
+    ENVIRONMENT.md's baseline (some line starts with '####' and a number). Reused evaluations
+    are re-marked, so a change of the criteria reaches them too."""
+    from grpo_core.rewards import _FORMATS, _HALF_FORMATS, _has_number
 
+    def any_line(text: str) -> bool:
+        return any(line.strip().startswith("####") and _has_number(line.strip()[4:])
+                   for line in text.splitlines())
+
+    tests = {"formatted": _FORMATS[answer_format],
+             "stated_once": _HALF_FORMATS.get(answer_format, _FORMATS[answer_format]),
+             "any_hashes_line": any_line}
     records = result["records"]
-    for r in records:
-        r["formatted"] = bool(_FORMATS[answer_format](r["completion"]))
-    result["formatted"] = sum(r["formatted"] for r in records) / max(len(records), 1)
+    for key, test in tests.items():
+        for r in records:
+            r[key] = bool(test(r["completion"]))
+        result[key] = sum(r[key] for r in records) / max(len(records), 1)
     return result
+
+
+FORMAT_KEYS = ("formatted", "stated_once", "any_hashes_line")
 
 
 def subset_params(params: Path, rows: int) -> Path:
@@ -202,7 +216,12 @@ def readme_table(s: dict) -> str:
         "| | SFT checkpoint | after GRPO |",
         "|---|---|---|",
         f"| GSM8K test accuracy (greedy, first {b['count']}) | {b['accuracy']:.1%} | {a['accuracy']:.1%} |",
-        f"| answers formatted `#### <number>` | {b['formatted']:.1%} | {a['formatted']:.1%} |",
+        f"| formatted: one `#### <number>` line, the last (the reward's full credit) | "
+        f"{b['formatted']:.1%} | {a['formatted']:.1%} |",
+        f"| answer stated once as `#### <number>`, anywhere (half credit) | "
+        f"{b['stated_once']:.1%} | {a['stated_once']:.1%} |",
+        f"| some line starts with `#### <number>` (ENVIRONMENT.md's baseline criterion) | "
+        f"{b['any_hashes_line']:.1%} | {a['any_hashes_line']:.1%} |",
     ]
     if full["count"] != b["count"]:
         rows.append(f"| same, first {full['count']} (SFT only) | {full['accuracy']:.1%} accuracy, "
@@ -269,13 +288,17 @@ def main() -> int:
         out = root / f"eval_{label}.json"
         if args.reuse_evals and out.is_file():
             evals[label] = mark_formatted(json.loads(out.read_text()), "hashes")
+            if label == "after" and (root / "train_run.json").is_file():
+                train = json.loads((root / "train_run.json").read_text())
             print(f"{label}: reused {out}", flush=True)
             continue
         if label == "after":
             t = run_child([grpo, "train", "--no-eval"], root, env, log=root / "train.log")
             if t["rc"]:
                 sys.exit(f"train failed; see {root / 'train.log'}")
-            train = t
+            train = {"seconds": t["seconds"], "peak_rss_gb": t["peak_rss_gb"],
+                     "load_avg": load_avg()}
+            save_json(train, root / "train_run.json")  # for a later --reuse-evals
         out = root / f"eval_{label}.json"
         eval_params = params
         if label == "after" and args.after_rows:  # a time-boxed run: the first N of the same rows
@@ -295,18 +318,18 @@ def main() -> int:
     before = [r["correct"] for r in paired]
     after = [after_by_id[r["id"]]["correct"] for r in paired]
     evals["before_paired"] = {"accuracy": sum(before) / len(paired), "count": len(paired),
-                              "formatted": sum(r["formatted"] for r in paired) / len(paired),
-                              "seconds": float("nan")}
+                              "seconds": float("nan"),
+                              **{k: sum(r[k] for r in paired) / len(paired) for k in FORMAT_KEYS}}
     mean, lo, hi = paired_ci(before, after)
     png = plot(reward_history(root), (root if args.quick else RESULTS) / "learning_rewards.png")
     summary = {
-        "before": {k: evals["before"][k] for k in ("accuracy", "formatted", "count", "seconds")},
+        "before": {k: evals["before"][k] for k in ("accuracy", "count", "seconds", *FORMAT_KEYS)},
         "before_paired": evals["before_paired"],
-        "after": {k: evals["after"][k] for k in ("accuracy", "formatted", "count", "seconds")},
+        "after": {k: evals["after"][k] for k in ("accuracy", "count", "seconds", *FORMAT_KEYS)},
         "difference": {"mean": mean, "ci_low": lo, "ci_high": hi},
         "iterations": iterations, "train_minutes": train["seconds"] / 60,
         "train_peak_rss_gb": train["peak_rss_gb"], "budget_minutes": args.minutes,
-        "load_avg": load_avg(), "recipe": RECIPE, "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
+        "load_avg": train.get("load_avg", load_avg()), "recipe": RECIPE, "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
         "png": str(png), "after_rows": args.after_rows, "engine": args.engine,
     }
     print(f"accuracy difference {mean:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}); "
