@@ -160,10 +160,16 @@ def test_two_ranks_take_the_single_process_step(two_ranks, name):
     per = P // WORLD
     groups = [g for r in range(WORLD) if r not in empty for g in range(r * per, (r + 1) * per)]
     params, grads, metrics = run_case(settings, groups)
+    # Adam divides by sqrt(v): where a gradient is near zero, summation-order rounding (two
+    # ranks' partial sums vs one) moves the step by a fraction of the learning rate. On an
+    # AVX512 EPYC the GSPO case (lr 3e-2, mu 3) differed by 1.2e-5 in 2 of 8192 weights.
+    lr = {**BASE, **settings}["learning_rate"]
+    atol = max(1e-5, 1e-3 * lr)
     for r in range(WORLD):
         p2, g2, m2 = two_ranks[r][name]
         for key, value in params.items():
-            torch.testing.assert_close(p2[key], value, atol=1e-5, rtol=0, msg=f"rank {r} {key}")
+            torch.testing.assert_close(p2[key], value, atol=atol, rtol=0,
+                                       msg=lambda m, r=r, key=key: f"rank {r} {key}: {m}")
             torch.testing.assert_close(g2[key], grads[key], atol=1e-6, rtol=1e-4)
         for key in ("loss", "kl", "entropy", "grad_norm", "clip_frac_low", "clip_frac_high",
                     "ratio_mean", "ratio_min", "ratio_max", "tokens", "skipped"):
