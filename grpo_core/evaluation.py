@@ -16,6 +16,8 @@ from typing import Sequence
 
 import torch
 
+from grpo_core.errors import UserError
+
 
 def pass_at_k(correct: torch.Tensor, k: int) -> torch.Tensor:
     """Unbiased pass@k per problem.
@@ -119,6 +121,10 @@ def evaluate_frame(engine, prompts: Sequence[str], frame, *, max_new_tokens: int
     greedy = engine.generate(list(prompts), 1, SamplingSettings(
         temperature=0.0, max_new_tokens=max_new_tokens, seed=seed))
     rows = [g.prompt_index for g in greedy.groups]  # overlong prompts may have been skipped
+    if prompts and not rows:  # else a score of 0 of 0 problems would read as accuracy 0
+        raise UserError(f"evaluation: all {len(prompts)} prompts are longer than the prompt "
+                        f"limit (rollout.max_prompt_tokens = {engine.max_prompt_tokens}) and "
+                        "were skipped; raise it or lower data.prompt.few_shot")
     sub = frame.iloc[rows]
     texts = [[g.completions[0].text] for g in greedy.groups]
     if samples > 1:

@@ -8,6 +8,7 @@ policy continues as the assistant, exactly as the SFT checkpoint was tuned to do
 
 from __future__ import annotations
 
+import re
 from typing import Any, Sequence
 
 from grpo_core.errors import UserError
@@ -55,9 +56,15 @@ def render_prompts(tokenizer: Any, questions: Sequence[str], *, system: str = ""
 def few_shot_examples(questions: Sequence[str], solutions: Sequence[str], k: int,
                       exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The first k (question, solution) pairs whose question is not in `exclude` (so a
-    problem is never its own example). Deterministic: the same examples for every prompt."""
+    problem is never its own example), GSM8K calculator annotations removed. Deterministic: the
+    same examples for every prompt."""
     skip = set(exclude)
     pairs = [(q, s) for q, s in zip(questions, solutions, strict=True) if q not in skip]
     if len(pairs) < k:
         raise UserError(f"data.prompt.few_shot = {k}, but only {len(pairs)} examples are available")
-    return pairs[:k]
+    return [(q, _CALCULATOR.sub("", s)) for q, s in pairs[:k]]
+
+
+# GSM8K solutions carry calculator annotations, '$<<200+100=300>>300': tool calls for the
+# dataset's own trained calculator, not text a model should learn to write. Examples drop them.
+_CALCULATOR = re.compile(r"<<[^<>]*>>")

@@ -58,3 +58,9 @@ def test_a_tokenizer_without_a_chat_template_is_a_user_error():
 
     with pytest.raises(UserError, match="has no chat template"):
         render_prompt(Plain(), Q)
+
+
+def test_few_shot_examples_drop_gsm8k_calculator_annotations():
+    sol = "They have $200 + $100 = $<<200+100=300>>300.\nSo 300/2 = <<300/2=150>>150 apples.\n#### 150"
+    assert few_shot_examples(["q?"], [sol], 1) == [
+        ("q?", "They have $200 + $100 = $300.\nSo 300/2 = 150 apples.\n#### 150")]

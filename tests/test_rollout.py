@@ -216,3 +216,17 @@ def test_weight_sync_is_real(engine, trainer, prompts):
 def test_unknown_engine_is_a_user_error(sft_dir):
     with pytest.raises(UserError, match="unknown engine"):
         make_engine("tgi", sft_dir)
+
+
+def test_evaluation_with_every_prompt_skipped_is_an_error(engine, prompts):
+    from grpo_core.evaluation import evaluate_frame
+
+    frame = pd.DataFrame({"answer": ["5"], "source": ["gsm8k"]})
+    engine.max_prompt_tokens = 8  # shorter than any chat-templated prompt
+    try:
+        with pytest.raises(UserError, match=r"all 1 prompts are longer than the prompt limit "
+                                            r"\(rollout.max_prompt_tokens = 8\)"):
+            evaluate_frame(engine, prompts[:1], frame, max_new_tokens=4, samples=1,
+                           temperature=1.0)
+    finally:
+        engine.max_prompt_tokens = 512
