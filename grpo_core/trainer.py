@@ -13,7 +13,10 @@ Choices that depart from or refine the paper:
 - The reference forward is skipped entirely when beta = 0. With beta > 0 and no reference
   given, the reference is a frozen copy of the initial policy (with LoRA: the policy with
   its adapters disabled, no copy). `ref_refresh_every = K` copies the policy into the
-  reference every K iterations (the paper's iterative GRPO, section 4.1.3).
+  reference every K iterations (the paper's iterative GRPO, section 4.1.3). Under bf16
+  autocast the reference's linear layers are stored in bfloat16: it only ever runs under
+  autocast, which would cast those weights to bfloat16 on every call, so its log-probs are
+  bit-identical and it holds 2 bytes a weight instead of 4 (0.21 GB less for SmolLM2-135M).
 - TIS (`tis_cap`): each token's policy-gradient term is weighted by
   min(exp(old_logp_trainer - logp_sampler), cap) when the batch carries sampler log-probs.
 - `mask_truncated` drops completions that hit the token budget (DAPO's overlong filtering,
@@ -49,7 +52,7 @@ from grpo_core.hardware import cpu_has_native_bf16
 from grpo_core.logprobs import TokenLogprobs, token_logprobs
 from grpo_core.losses import policy_loss, token_weights
 from grpo_core.optim import UpdateHyper, make_optimizer
-from grpo_core.weights import apply_lora, hf_weights, is_peft, save_hf_dir
+from grpo_core.weights import apply_lora, hf_weights, is_peft, save_hf_dir, store_linears_in
 
 _LORA_REF = "adapters-disabled"  # the reference is the policy with LoRA switched off
 
@@ -95,6 +98,8 @@ class Learner:
             return _LORA_REF
         ref = reference if reference is not None else copy.deepcopy(self.model)
         ref.eval().requires_grad_(False)
+        if self._autocast_on() and not self.sharded:  # FSDP2 wants one dtype per module
+            store_linears_in(ref, torch.bfloat16)
         return ref
 
     # ------------------------------------------------------------------ the update
@@ -247,11 +252,14 @@ class Learner:
         return self.ref_scorer(*args, temperature=self.hyper.temperature,
                                share_prompt=self.share_prompt)
 
-    def _autocast(self):
+    def _autocast_on(self) -> bool:
         mode = self.hyper.autocast
         native = self.device.type == "cuda" or cpu_has_native_bf16()
-        on = mode == "bfloat16" or (mode == "auto" and native)
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=on)
+        return mode == "bfloat16" or (mode == "auto" and native)
+
+    def _autocast(self):
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self._autocast_on())
 
     def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:
         if self.world > 1:

@@ -100,3 +100,21 @@ def save_hf_dir(model: nn.Module, out_dir: str | Path, tokenizer=None,
         shutil.rmtree(out)
     tmp.rename(out)
     return out
+
+
+def store_linears_in(model: nn.Module, dtype: torch.dtype) -> int:
+    """Cast the weights and biases of `model`'s nn.Linear layers to `dtype`, in place, except
+    a layer whose weight another module also holds (a tied LM head is the input embedding,
+    which autocast leaves in float32). -> number of parameters cast. Use it only on a frozen
+    model that runs under autocast to `dtype`: autocast casts exactly these tensors, with the
+    same rounding, on every call, so outputs do not change."""
+    owners: dict[int, int] = {}
+    for module in model.modules():
+        for param in module.parameters(recurse=False):
+            owners[id(param)] = owners.get(id(param), 0) + 1
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, nn.Linear) and owners[id(module.weight)] == 1:
+            module.to(dtype)
+            cast += sum(p.numel() for p in module.parameters(recurse=False))
+    return cast

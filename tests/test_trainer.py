@@ -11,7 +11,7 @@ import torch
 from grpo_core.advantages import group_advantages
 from grpo_core.batch import build_batch
 from grpo_core.config import AlgorithmConfig, TrainConfig
-from grpo_core.logprobs import naive_token_logprobs
+from grpo_core.logprobs import naive_token_logprobs, token_logprobs
 from grpo_core.losses import AGGREGATIONS
 from grpo_core.optim import UpdateHyper, lr_factor
 from grpo_core.trainer import Learner
@@ -274,3 +274,33 @@ def test_shared_prompt_forward_gives_the_same_update(tiny_llama, beta):
     shared, _ = grads_after_update(tiny_llama, hyper(shared_prompt_forward=True, **kw), batch)
     for a, b in zip(plain, shared):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_bf16_reference_is_bit_identical_and_smaller(tiny_llama_factory, tied):
+    """Under bf16 autocast the frozen reference keeps its linear layers in bf16; autocast made
+    the same casts on every call, so its log-probs do not change by a single bit."""
+    model = tiny_llama_factory(tie_word_embeddings=tied)
+    batch = make_batch()
+    fp32 = Learner(copy.deepcopy(model), hyper(beta=0.1, autocast="float32"))
+    bf16 = Learner(copy.deepcopy(model), hyper(beta=0.1, autocast="bfloat16"))
+    assert all(p.dtype == torch.float32 for p in fp32.reference.parameters())
+    dtypes = {n: p.dtype for n, p in bf16.reference.named_parameters()}
+    assert dtypes["model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16
+    assert dtypes["model.layers.1.mlp.down_proj.weight"] == torch.bfloat16
+    assert dtypes["model.embed_tokens.weight"] == torch.float32  # autocast never casts it
+    assert dtypes["model.norm.weight"] == torch.float32
+    assert ("lm_head.weight" not in dtypes) == tied  # tied: the embedding's own tensor
+    if not tied:
+        assert dtypes["lm_head.weight"] == torch.bfloat16
+
+    def nbytes(m):
+        return sum(p.numel() * p.element_size() for p in m.parameters())
+    assert nbytes(bf16.reference) < 0.8 * nbytes(fp32.reference)
+    mask = batch.completion_mask.float()
+    args = (batch.input_ids, batch.attention_mask, mask)
+    with torch.no_grad(), bf16._autocast():
+        ours = bf16._ref_forward(batch, mask)
+        expected = token_logprobs(fp32.reference, *args, share_prompt=bf16.share_prompt)
+    assert torch.equal(ours, expected)
+    assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # the policy: fp32
