@@ -77,7 +77,14 @@ class Tracker:
         self.client.log_figure(self.run_id, figure, artifact_file)
 
     def log_table(self, frame: pd.DataFrame, artifact_file: str) -> None:
-        self.client.log_table(self.run_id, data=frame, artifact_file=artifact_file)
+        """A JSON artifact in the layout of MLflow's own tables ({"columns", "data"}).
+
+        Not `MlflowClient.log_table`: it lists every table of the run in one run tag, which
+        the store cuts at 8,000 characters, so the ~150th table (a training run's 150th
+        iteration) fails to parse that tag and the run dies (seen in a 55-minute run)."""
+        table = {"columns": [str(c) for c in frame.columns],
+                 "data": frame.astype(object).where(frame.notna(), None).values.tolist()}
+        self.client.log_dict(self.run_id, table, artifact_file)
 
     def log_dir(self, local_dir: str | Path, artifact_path: str) -> None:
         self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
