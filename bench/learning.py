@@ -11,6 +11,7 @@ the training reward and the per-function rewards, and the README table between t
 
     .venv/bin/python bench/learning.py                       # the real run (~65 min on 2 cores)
     .venv/bin/python bench/learning.py --quick               # minutes: plumbing check only
+    .venv/bin/python bench/learning.py --resume              # after a crash: the rest of it
 """
 
 from __future__ import annotations
@@ -180,6 +181,43 @@ def paired_ci(before: list[bool], after: list[bool]) -> tuple[float, float, floa
 
 
 # ------------------------------------------------------------------------------- training
+def run_training(root: Path, env: dict, minutes: float, *, resume: bool) -> dict:
+    """`grpo train --no-eval`; with `resume`, `grpo train --resume` from the last resume state
+    with the part of the budget its first process had not spent by then (from MLflow: the run's
+    start to the saved iteration's log), so that both processes together train for `minutes`."""
+    cmd, prior = [str(BIN / "grpo"), "train", "--no-eval"], {}
+    if resume:
+        prior = spent_before_resume(root)
+        left = minutes - prior["minutes"]
+        if left <= 0:
+            sys.exit(f"--resume: the budget of {minutes} min was spent by iteration "
+                     f"{prior['iteration']}")
+        cmd += ["--resume", "--set", f"train.max_minutes={left:.2f}"]
+    log = root / ("train_resumed.log" if resume else "train.log")
+    t = run_child(cmd, root, env, log=log)
+    if t["rc"]:
+        sys.exit(f"train failed; see {log}")
+    train = {"seconds": t["seconds"] + 60 * prior.get("minutes", 0.0),
+             "peak_rss_gb": t["peak_rss_gb"], "load_avg": load_avg()}
+    if prior:
+        train["resumed"] = prior
+    return train
+
+
+def spent_before_resume(root: Path) -> dict:
+    """{"iteration": the resume state's, "minutes": from the MLflow run's start to that
+    iteration's metric log}."""
+    from mlflow.tracking import MlflowClient
+
+    meta = json.loads((root / "models" / "grpo" / "resume" / "meta.json").read_text())
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    run = client.get_run(meta["run_id"])
+    logged = {m.step: m.timestamp for m in
+              client.get_metric_history(run.info.run_id, "time/iteration_s")}
+    minutes = (logged[meta["iteration"]] - run.info.start_time) / 60_000
+    return {"iteration": meta["iteration"], "minutes": minutes}
+
+
 def reward_history(root: Path) -> dict[str, list[tuple[int, float]]]:
     """reward/<fn>/mean per step from the run's MLflow store."""
     import mlflow
@@ -239,13 +277,21 @@ def readme_table(s: dict) -> str:
         f"Accuracy difference {d['mean']:+.1%} (95% CI {d['ci_low']:+.1%} to {d['ci_high']:+.1%}, "
         f"paired over the same {b['count']} problems). Training: {s['iterations']} iterations in "
         f"{s['train_minutes']:.1f} min (budget {s['budget_minutes']} min, 2 CPU cores, load average "
-        f"{s['load_avg']}); recipe: {shots} worked example(s) in the prompt, "
+        f"{s['load_avg']}{resumed_note(s.get('resumed'))}); recipe: {shots} worked "
+        f"example(s) in the prompt, "
         f"{r['rollout']['prompts_per_iteration']} prompts x "
         f"{r['rollout']['group_size']} samples x {r['rollout']['max_new_tokens']} tokens, rewards "
         f"{r['reward']['functions']}, beta {r['algorithm']['beta']}, lr {r['train']['learning_rate']}. "
         f"Reward curve: `bench/results/learning_rewards.png`; figures: `bench/results/learning.json`.",
     ]
     return "\n".join(rows)
+
+
+def resumed_note(resumed: dict | None) -> str:
+    if not resumed:
+        return ""
+    return (f"; resumed (`--resume`) from the state saved at iteration {resumed['iteration']}, "
+            f"{resumed['minutes']:.1f} min in, after the first process died")
 
 
 def update_readme(table: str) -> None:
@@ -268,6 +314,9 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="tiny settings, no README update")
     ap.add_argument("--reuse-evals", action="store_true",
                     help="keep eval_before.json / eval_after.json already in the workdir")
+    ap.add_argument("--resume", action="store_true",
+                    help="continue a training that died (`grpo train --resume`) with what is left "
+                         "of --minutes, then evaluate; implies --reuse-evals")
     ap.add_argument("--engine", default="vllm", choices=("vllm", "hf"),
                     help="rollout.engine for training and evaluation (hf: when other vLLM CPU "
                          "processes share the cores, see README)")
@@ -278,6 +327,7 @@ def main() -> int:
     if args.eval:
         evaluate(Path(args.eval[0]), args.eval[1], Path(args.eval[2]))
         return 0
+    args.reuse_evals = args.reuse_evals or args.resume
     root = Path(args.workdir).resolve()
     params = write_params(root, minutes=args.minutes, eval_rows=args.eval_rows, quick=args.quick,
                           engine=args.engine)
@@ -303,11 +353,7 @@ def main() -> int:
             print(f"{label}: reused {out}", flush=True)
             continue
         if label == "after":
-            t = run_child([grpo, "train", "--no-eval"], root, env, log=root / "train.log")
-            if t["rc"]:
-                sys.exit(f"train failed; see {root / 'train.log'}")
-            train = {"seconds": t["seconds"], "peak_rss_gb": t["peak_rss_gb"],
-                     "load_avg": load_avg()}
+            train = run_training(root, env, args.minutes, resume=args.resume)
             save_json(train, root / "train_run.json")  # for a later --reuse-evals
         out = root / f"eval_{label}.json"
         eval_params = params
@@ -339,8 +385,10 @@ def main() -> int:
         "difference": {"mean": mean, "ci_low": lo, "ci_high": hi},
         "iterations": iterations, "train_minutes": train["seconds"] / 60,
         "train_peak_rss_gb": train["peak_rss_gb"], "budget_minutes": args.minutes,
-        "load_avg": train.get("load_avg", load_avg()), "recipe": RECIPE, "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
+        "load_avg": train.get("load_avg", load_avg()), "recipe": RECIPE,
+        "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
         "png": str(png), "after_rows": args.after_rows, "engine": args.engine,
+        "resumed": train.get("resumed"),
     }
     print(f"accuracy difference {mean:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}); "
           f"{iterations} iterations in {summary['train_minutes']:.1f} min; plot {png}")
