@@ -47,3 +47,27 @@ def test_run_child_reports_tree_memory(tmp_path):
     assert res["rc"] == 0
     assert res["peak_tree_rss_gb"] > 0.18
     assert res["peak_rss_gb"] > 0.18  # wait4 counts the waited-for grandchild
+
+
+def test_resume_budget_is_read_from_mlflow(tmp_path):
+    """`learning.py --resume`: the minutes spent are from the run's start to the log of the
+    iteration the resume state holds (a real sqlite store), and the README line says so."""
+    import json
+
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    learning = _load("learning")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("learning", artifact_location=str(tmp_path / "mlruns"))
+    run = client.create_run(exp, start_time=1_000_000)
+    for step, minute in ((1, 2.0), (2, 4.5), (3, 7.0)):  # iteration 3 logged 7 min in
+        client.log_batch(run.info.run_id, metrics=[
+            Metric("time/iteration_s", 1.0, 1_000_000 + int(minute * 60_000), step)])
+    resume = tmp_path / "models" / "grpo" / "resume"
+    resume.mkdir(parents=True)
+    (resume / "meta.json").write_text(json.dumps({"iteration": 2, "run_id": run.info.run_id}))
+    spent = learning.spent_before_resume(tmp_path)
+    assert spent == {"iteration": 2, "minutes": 4.5}
+    assert learning.resumed_note(None) == ""
+    assert "iteration 2, 4.5 min in" in learning.resumed_note(spent)
