@@ -11,6 +11,9 @@ ENVIRONMENT.md), 4 accumulation steps = one optimizer step per 32 completions. T
 per precision in `--trl-precisions` (default: float32, and also bfloat16 mixed precision,
 TRL's own default, where the hardware has native bfloat16); the ratios are against the
 fastest TRL run. Ours runs on its defaults (`auto` dtypes: bfloat16 where native).
+Gradient checkpointing is one setting for both sides (`--gradient-checkpointing`), on by
+default because TRL's GRPOConfig turns it on by default: a comparison with it on one side only
+would set recomputation time against activation memory.
 
 Each side runs in its own subprocess (1 warm-up step + N measured steps); its peak memory is
 that process tree's. Step time: ours `time/iteration_s` from metrics/train_history.csv (rollout,
@@ -20,6 +23,7 @@ TRL: wall time between optimizer steps (generation, reward, reference, update, l
 The ratio uses our wall time. Median over the measured steps; the ratio is from this one run.
 
     .venv/bin/python bench/vs_trl.py [--steps 3] [--trl-precisions float32,bfloat16]
+                                     [--gradient-checkpointing on|off]
                                      [--json bench/results/vs_trl.json]
 """
 
@@ -39,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (BIN, REPO, RESULTS, data_dir, load_avg, median, project_env,  # noqa: E402
                     run_child, save_json)
 
-SHAPE = dict(prompts=4, group=8, new_tokens=128, beta=0.04, lr=1e-6, micro=8)
+SHAPE = dict(prompts=4, group=8, new_tokens=128, beta=0.04, lr=1e-6, micro=8,
+             gradient_checkpointing=True)
 REWARDS = {"gsm8k_accuracy": 1.0, "format": 0.5}
 TRL_LOSS = {"token_mean": "dapo", "seq_mean_token_mean": "grpo",
             "seq_mean_token_sum_norm": "dr_grpo"}
@@ -65,7 +70,8 @@ def ours(root: Path, steps: int, loss: str, model: str) -> dict:
         "reward": {"functions": REWARDS},
         "algorithm": {"beta": SHAPE["beta"], "loss_aggregation": loss},
         "train": {"iterations": steps + 1, "learning_rate": SHAPE["lr"], "checkpoint_every": 10_000,
-                  "micro_batch_size": SHAPE["micro"], "output_dir": str(root / "models" / "grpo")},
+                  "micro_batch_size": SHAPE["micro"], "output_dir": str(root / "models" / "grpo"),
+                  "gradient_checkpointing": SHAPE["gradient_checkpointing"]},
         "evaluate": {"datasets": [{"name": "gsm8k", "split": "test", "rows": 1}]},
         "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "vs_trl"},
     }
@@ -151,6 +157,7 @@ def trl_worker(steps: int, loss: str, model: str, out: Path, bf16: bool) -> None
         gradient_accumulation_steps=accumulate, generation_batch_size=SHAPE["prompts"] * SHAPE["group"],
         num_generations=SHAPE["group"], max_completion_length=SHAPE["new_tokens"], temperature=1.0,
         beta=SHAPE["beta"], epsilon=0.2, num_iterations=1, loss_type=TRL_LOSS[loss],
+        gradient_checkpointing=SHAPE["gradient_checkpointing"],
         reward_weights=list(REWARDS.values()), logging_steps=1, save_strategy="no", seed=0,
         dataloader_num_workers=0, lr_scheduler_type="constant", warmup_steps=0)
     policy = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
@@ -169,11 +176,16 @@ def trl(root: Path, steps: int, loss: str, model: str, precision: str) -> dict:
     run = run_child([str(BIN / "python"), __file__, "--trl-worker", "--steps", str(steps),
                      "--loss", loss, "--model", model, "--out", str(out)]
                     + (["--quick"] if SHAPE["new_tokens"] == 16 else [])
-                    + (["--bf16"] if precision == "bfloat16" else []), root,
+                    + (["--bf16"] if precision == "bfloat16" else [])
+                    + ["--gradient-checkpointing", _on_off(SHAPE["gradient_checkpointing"])], root,
                     project_env(root), log=log)
     if run["rc"]:
         sys.exit(f"TRL worker failed: see {log}")
     return {**run, **json.loads(out.read_text()), "precision": precision}
+
+
+def _on_off(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 def default_trl_precisions() -> str:
@@ -190,7 +202,8 @@ def report(res: dict) -> str:
         f"'{TRL_LOSS[res['loss']]}'), lr {SHAPE['lr']}, CPU, median of {res['steps']} steps",
         "TRL GRPOTrainer generates with transformers on CPU (its vLLM path needs CUDA); "
         f"ours generates with vLLM through `grpo train` (rollout dtype {res['our_dtype']}, "
-        f"update autocast {res['our_dtype']}).",
+        f"update autocast {res['our_dtype']}); gradient checkpointing: "
+        f"{_on_off(SHAPE['gradient_checkpointing'])}, both sides.",
         f"{'':<30}{'step s (median)':>16}{'steps s':>24}{'peak RSS GB':>13}{'tree RSS GB':>13}",
     ]
     rows = [("this project", res["ours"])] + [
@@ -216,6 +229,8 @@ def main() -> int:
     ap.add_argument("--trl-precisions", default=None,
                     help="comma-separated float32,bfloat16 (default: float32, plus bfloat16 "
                          "where it is native)")
+    ap.add_argument("--gradient-checkpointing", choices=["on", "off"], default="on",
+                    help="both sides (default on: TRL GRPOConfig's default)")
     ap.add_argument("--workdir", default="/tmp/grpo-vs-trl")
     ap.add_argument("--json", default=str(RESULTS / "vs_trl.json"))
     ap.add_argument("--quick", action="store_true", help="tiny shape: a plumbing check")
@@ -224,6 +239,7 @@ def main() -> int:
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    SHAPE["gradient_checkpointing"] = args.gradient_checkpointing == "on"
     if args.quick:
         SHAPE.update(prompts=2, group=4, new_tokens=16, micro=4)
     if args.trl_worker:
