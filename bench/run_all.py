@@ -81,6 +81,15 @@ def _numbers(obj, prefix: str = "") -> dict[str, float]:
     return out
 
 
+def merged(results: dict, quick: bool) -> dict:
+    """This run's results over those of the summary already written at the same setting, so
+    that `--only NAME` refreshes NAME and keeps the other benchmarks' figures."""
+    path = RESULTS / "summary.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    kept = old.get("results", {}) if old.get("quick") == quick else {}
+    return {**kept, **results}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="each benchmark's smoke settings")
@@ -93,7 +102,8 @@ def main() -> int:
     for name in names:
         script, full, quick = suite.get(name, LEARNING)
         results[name] = run_one(name, script, quick if args.quick else full)
-    save_json({"quick": args.quick, "results": results}, RESULTS / "summary.json")
+    summary = {"quick": args.quick, "results": merged(results, args.quick)}
+    save_json(summary, RESULTS / "summary.json")
     print(f"\n{'benchmark':<14}{'rc':>4}{'seconds':>9}  {'load 1/5/15 min':<20}headline")
     for name, r in results.items():
         print(f"{name:<14}{r['rc']:>4}{r['seconds']:>9.0f}  {str(r['load_before']):<20}"
