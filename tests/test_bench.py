@@ -71,3 +71,15 @@ def test_resume_budget_is_read_from_mlflow(tmp_path):
     assert spent == {"iteration": 2, "minutes": 4.5}
     assert learning.resumed_note(None) == ""
     assert "iteration 2, 4.5 min in" in learning.resumed_note(spent)
+
+
+def test_run_all_only_keeps_the_other_summary_entries(tmp_path, monkeypatch):
+    import json
+
+    run_all = _load("run_all")
+    monkeypatch.setattr(run_all, "RESULTS", tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps(
+        {"quick": False, "results": {"rollout": {"rc": 0}, "vs_trl": {"rc": 1}}}))
+    assert run_all.merged({"vs_trl": {"rc": 0}}, quick=False) == {"rollout": {"rc": 0},
+                                                                   "vs_trl": {"rc": 0}}
+    assert run_all.merged({"vs_trl": {"rc": 0}}, quick=True) == {"vs_trl": {"rc": 0}}
