@@ -209,7 +209,11 @@ def spent_before_resume(root: Path) -> dict:
     iteration's metric log}."""
     from mlflow.tracking import MlflowClient
 
-    meta = json.loads((root / "models" / "grpo" / "resume" / "meta.json").read_text())
+    from grpo_core.state import read_meta
+
+    meta = read_meta(root / "models" / "grpo" / "resume")  # as `grpo train --resume` finds it
+    if meta is None:
+        sys.exit(f"--resume: no resume state under {root / 'models' / 'grpo'}")
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     run = client.get_run(meta["run_id"])
     logged = {m.step: m.timestamp for m in
