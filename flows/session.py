@@ -184,16 +184,19 @@ def _processed_files(cfg: Config) -> dict[str, Path]:
 
 def _load_data(cfg: Config):
     """(training mixture, {eval name: rows}, few-shot pairs) from the processed files."""
-    from grpo_core.data import load_processed, processed_name, training_mixture
+    from grpo_core.data import (MixturePart, load_processed, processed_name, training_mixture,
+                                within_difficulty)
     from grpo_core.prompts import few_shot_examples
 
     files = _processed_files(cfg)
     frames = {name: load_processed(path) for name, path in files.items()}
-    mixture = training_mixture(frames, [(processed_name(s.name, s.split), s.rows)
-                                        for s in cfg.data.train], cfg.data.seed)
+    parts = [MixturePart(processed_name(s.name, s.split), s.rows, s.max_steps, s.max_level)
+             for s in cfg.data.train]
+    mixture = training_mixture(frames, parts, cfg.data.seed)
     evals = {}
     for s in cfg.evaluate.datasets:
-        frame = frames[processed_name(s.name, s.split)]
+        key = processed_name(s.name, s.split)
+        frame = within_difficulty(frames[key], MixturePart(key, None, s.max_steps, s.max_level))
         evals[s.name] = frame.head(s.rows) if s.rows is not None else frame
     k = cfg.data.prompt.few_shot
     shots = (few_shot_examples(mixture["question"].tolist(), mixture["solution"].tolist(), k)

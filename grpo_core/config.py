@@ -43,6 +43,18 @@ class DatasetSpec(Section):
     name: Literal["gsm8k", "math", "math500"]
     split: Literal["train", "test"] = "train"
     rows: Optional[int] = Field(default=None, ge=1)  # None = every row
+    # difficulty, applied before `rows` are drawn (training sets; null = no limit):
+    max_steps: Optional[int] = Field(default=None, ge=1)  # gsm8k: reference-solution lines
+    max_level: Optional[int] = Field(default=None, ge=1, le=5)  # math, math500: MATH level
+
+    @model_validator(mode="after")
+    def _difficulty_fits_the_dataset(self) -> "DatasetSpec":
+        if self.max_steps is not None and self.name != "gsm8k":
+            raise ValueError(f"max_steps counts GSM8K solution steps; {self.name} has levels, "
+                             "use max_level")
+        if self.max_level is not None and self.name == "gsm8k":
+            raise ValueError("max_level is a MATH level; gsm8k has none, use max_steps")
+        return self
 
 
 class PromptConfig(Section):

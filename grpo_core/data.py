@@ -23,7 +23,7 @@ import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import pandas as pd
 
@@ -320,19 +320,55 @@ def _parquet_frame(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
 
 
-def training_mixture(frames: dict[str, pd.DataFrame], specs: Sequence[tuple[str, Optional[int]]],
+class MixturePart(NamedTuple):
+    """One entry of the training mixture: a processed dataset, how many rows (None = all that
+    pass the difficulty limits), and the limits (None = no limit)."""
+
+    key: str
+    rows: Optional[int] = None
+    max_steps: Optional[int] = None  # GSM8K: reference-solution lines before '####'
+    max_level: Optional[int] = None  # MATH level 1-5; rows without a level are dropped
+
+
+def solution_steps(solutions: pd.Series) -> pd.Series:
+    """(N,) GSM8K solutions -> (N,) int: the non-empty lines before the final '####' line, one
+    per reasoning step in GSM8K's layout (train: 2 to 9 steps)."""
+    body = solutions.str.rsplit("####", n=1).str[0]
+    return body.str.split("\n").map(lambda lines: sum(1 for line in lines if line.strip()))
+
+
+def within_difficulty(frame: pd.DataFrame, part: MixturePart) -> pd.DataFrame:
+    """The rows of `frame` within `part`'s limits. Why limit at all: a small policy that rarely
+    solves a hard problem gives GRPO groups whose rewards are all 0, which carry no signal."""
+    keep = pd.Series(True, index=frame.index)
+    if part.max_steps is not None:
+        keep &= solution_steps(frame["solution"]) <= part.max_steps
+    if part.max_level is not None:
+        keep &= frame["level"].notna() & (frame["level"] <= part.max_level)
+    return frame[keep]
+
+
+def _limits(part: MixturePart) -> str:
+    said = [f"{name} {value}" for name, value in (("max_steps", part.max_steps),
+                                                  ("max_level", part.max_level)) if value]
+    return f" within {', '.join(said)}" if said else ""
+
+
+def training_mixture(frames: dict[str, pd.DataFrame], parts: Sequence[MixturePart | tuple],
                      seed: int) -> pd.DataFrame:
-    """Concatenate `rows` rows (None = all) of each named frame, each drawn without replacement
-    with `seed`, then shuffle the whole mixture with `seed`. specs: [(processed name, rows)]."""
-    parts = []
-    for i, (key, rows) in enumerate(specs):
-        if key not in frames:
-            raise UserError(f"training mixture: dataset {key} was not prepared "
+    """Concatenate each part's `rows` rows (None = all) of its frame within its difficulty
+    limits, each drawn without replacement with `seed`, then shuffle the whole mixture with
+    `seed`. parts: MixturePart, or (processed name, rows) tuples."""
+    chunks = []
+    for i, part in enumerate(MixturePart(*p) for p in parts):
+        if part.key not in frames:
+            raise UserError(f"training mixture: dataset {part.key} was not prepared "
                             f"(prepared: {', '.join(frames) or 'none'})")
-        frame = frames[key]
-        if rows is not None and rows > len(frame):
-            raise UserError(f"training mixture: {key} has {len(frame)} rows, {rows} requested")
-        n = len(frame) if rows is None else rows
-        parts.append(frame.sample(n=n, random_state=seed + i) if rows is not None else frame)
-    mixture = pd.concat(parts, ignore_index=True)
+        frame = within_difficulty(frames[part.key], part)
+        if len(frame) == 0 or (part.rows is not None and part.rows > len(frame)):
+            raise UserError(f"training mixture: {part.key} has {len(frame)} rows{_limits(part)}, "
+                            f"{part.rows or 'at least 1'} requested")
+        chunks.append(frame.sample(n=part.rows, random_state=seed + i)
+                      if part.rows is not None else frame)
+    mixture = pd.concat(chunks, ignore_index=True)
     return mixture.sample(frac=1.0, random_state=seed).reset_index(drop=True)

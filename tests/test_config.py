@@ -23,6 +23,12 @@ RULES = [
     ("data.train=[{name: gsm8k, split: dev}]",
      "data.train.0.split must be one of 'train' or 'test', got 'dev'"),
     ("data.train=[{name: gsm8k, rows: 0}]", "data.train.0.rows must be >= 1, got 0"),
+    ("data.train=[{name: gsm8k, max_steps: 0}]", "data.train.0.max_steps must be >= 1, got 0"),
+    ("data.train=[{name: math, max_level: 6}]", "data.train.0.max_level must be <= 5, got 6"),
+    ("data.train=[{name: gsm8k, max_level: 2}]",
+     "data.train.0: max_level is a MATH level; gsm8k has none, use max_steps"),
+    ("evaluate.datasets=[{name: math500, split: test, max_steps: 2}]",
+     "evaluate.datasets.0: max_steps counts GSM8K solution steps; math500 has levels, use max_level"),
     ("data.prompt.few_shot=-1", "data.prompt.few_shot must be >= 0, got -1"),
     ("data.prompt.few_shot=9", "data.prompt.few_shot must be <= 8, got 9"),
     ("validate.min_question_chars=0", "validate.min_question_chars must be >= 1, got 0"),
@@ -152,7 +158,7 @@ def test_unknown_keys_name_the_allowed_ones():
     with pytest.raises(UserError) as err:
         load_config(None, ["data.train=[{name: gsm8k, rowz: 3}]"])
     assert str(err.value).endswith(
-        "unknown key 'data.train.0.rowz' (allowed here: name, rows, split)")
+        "unknown key 'data.train.0.rowz' (allowed here: max_level, max_steps, name, rows, split)")
     with pytest.raises(UserError) as err:
         load_config(None, ["trainer.iterations=3"])
     assert "unknown key 'trainer' (allowed here: algorithm, checkpoint, data, evaluate," in str(

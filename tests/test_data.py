@@ -183,6 +183,49 @@ def test_training_mixture_rows_seed_and_errors(prepared):
         data.training_mixture(frames, [("nope_train", 1)], seed=0)
 
 
+def test_solution_steps_count_gsm8k_reasoning_lines(prepared):
+    steps = data.solution_steps(prepared[2]["gsm8k_train"]["solution"])
+    # counted independently: GSM8K train has 1961 two-step solutions and none under 2 or over 9
+    assert (steps == 2).sum() == 1961 and steps.min() == 2 and steps.max() == 9
+    one = pd.Series(["Ann has 2.\n\nShe buys 3 more: 2+3=5.\n#### 5"])
+    assert data.solution_steps(one).tolist() == [2]
+
+
+def test_training_mixture_within_difficulty(prepared):
+    frames = prepared[2]
+    easy = data.training_mixture(frames, [data.MixturePart("gsm8k_train", None, max_steps=2)], 0)
+    assert len(easy) == 1961 and (data.solution_steps(easy["solution"]) == 2).all()
+    drawn = data.training_mixture(frames, [data.MixturePart("gsm8k_train", 100, max_steps=3),
+                                           data.MixturePart("math_train", 50, max_level=1)], 0)
+    gsm8k, math = drawn[drawn.source == "gsm8k"], drawn[drawn.source == "math"]
+    assert len(gsm8k) == 100 and data.solution_steps(gsm8k["solution"]).max() <= 3
+    assert len(math) == 50 and set(math["level"]) == {1}
+    with pytest.raises(UserError, match=r"gsm8k_train has 1961 rows within max_steps 2, "
+                                        r"2000 requested"):
+        data.training_mixture(frames, [data.MixturePart("gsm8k_train", 2000, max_steps=2)], 0)
+    with pytest.raises(UserError, match=r"gsm8k_train has 0 rows within max_steps 1, "
+                                        r"at least 1 requested"):
+        data.training_mixture(frames, [data.MixturePart("gsm8k_train", None, max_steps=1)], 0)
+
+
+def test_difficulty_limits_reach_the_run_data(data_dir, tmp_path):
+    """From params to the training mixture and the evaluation sets the flows read."""
+    from flows import prepare
+    from flows.session import _load_data
+
+    cfg = load_config(None, [
+        f"data.dir={data_dir}", f"data.processed_dir={tmp_path}",
+        "data.train=[{name: gsm8k, max_steps: 2}, {name: math, rows: 40, max_level: 1}]",
+        "evaluate.datasets=[{name: math500, split: test, rows: 10, max_level: 2}]"])
+    prepare.run(cfg)
+    mixture, evals, _ = _load_data(cfg)
+    gsm8k = mixture[mixture.source == "gsm8k"]
+    assert len(gsm8k) == 1961 and data.solution_steps(gsm8k["solution"]).max() == 2
+    assert (mixture.source == "math").sum() == 40
+    assert set(mixture.loc[mixture.source == "math", "level"]) == {1}
+    assert len(evals["math500"]) == 10 and evals["math500"]["level"].max() <= 2
+
+
 def test_config_choices_equal_the_registries():
     fields = DatasetSpec.model_fields
     assert set(typing.get_args(fields["name"].annotation)) == set(data.SOURCES)
