@@ -187,8 +187,8 @@ class TrainConfig(Section):
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     # micro-batches never mix prompts and run their (shared) prompt once: a group's G
-    # completions cost one prompt forward/backward instead of G (off with gradient
-    # checkpointing or fsdp2, which need the plain forward)
+    # completions cost one prompt forward/backward instead of G (off under fsdp2, which
+    # needs the plain forward; works with gradient checkpointing)
     shared_prompt_forward: bool = True
     checkpoint_every: int = Field(default=5, ge=1)
     # the resume state (model, Adam, RNG: ~12 bytes a parameter) every K iterations and at the

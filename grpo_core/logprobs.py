@@ -18,11 +18,13 @@ Position ids are derived from the attention mask: left padding must not shift po
 
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import Iterator, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+from transformers.cache_utils import DynamicCache
 
 DEFAULT_CHUNK_TOKENS = 256  # (256, V) float32 logits: 50 MB at V = 49k
 
@@ -114,22 +116,64 @@ def _shared_prompt_hidden(backbone: nn.Module, input_ids: Tensor, prompt_len: in
     completion flow back through them) are repeated over the B rows, and only the completion
     columns run per row. A group's G completions share one prompt, so the prompt's share of
     the forward and backward cost drops by a factor of G. Right padding after a completion
-    needs no mask: causal attention never lets a real token see a later pad."""
-    from transformers import DynamicCache
+    needs no mask: causal attention never lets a real token see a later pad.
 
+    Under gradient checkpointing (HF's, per decoder layer) the prompt pass, one row, keeps
+    its activations; the completion pass is checkpointed and reads the prompt's keys/values
+    from a read-only cache, so a layer's replay in backward sees the same inputs."""
     b = input_ids.shape[0]
-    prompt = backbone(input_ids=input_ids[:1, :prompt_len], use_cache=True,
-                      past_key_values=DynamicCache())
-    cache = prompt.past_key_values
+    cache = _PromptCache()
+    with _layers_set(backbone, gradient_checkpointing=False):  # HF would drop the cache
+        prompt = backbone(input_ids=input_ids[:1, :prompt_len], use_cache=True,
+                          past_key_values=cache)
     cache.batch_repeat_interleave(b)
+    cache.read_only = True
     last = prompt[0][:, -1:].expand(b, -1, -1)  # (B, 1, H): predicts completion token 0
     rest = input_ids[:, prompt_len:-1]  # (B, T - 1): completion tokens 0..T-2
     if rest.shape[1] == 0:
         return last
     positions = torch.arange(prompt_len, prompt_len + rest.shape[1], device=input_ids.device)
-    out = backbone(input_ids=rest, past_key_values=cache, use_cache=True,
-                   position_ids=positions.expand(b, -1))
+    with _layers_set(backbone, _can_checkpoint_with_cache=True):  # reads, never writes: safe
+        out = backbone(input_ids=rest, past_key_values=cache, use_cache=False,
+                       position_ids=positions.expand(b, -1))
     return torch.cat([last, out[0]], dim=1)
+
+
+class _PromptCache(DynamicCache):
+    """Written by the prompt pass; once `read_only`, a layer's call returns the prompt's
+    keys/values followed by its own without storing them, so calling it again (a checkpoint
+    replay) returns the same tensors."""
+
+    read_only = False
+
+    def update(self, key_states: Tensor, value_states: Tensor, layer_idx: int, *args,
+               **kwargs) -> tuple[Tensor, Tensor]:
+        if not self.read_only:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer = self.layers[layer_idx]
+        return (torch.cat([layer.keys, key_states], dim=-2),
+                torch.cat([layer.values, value_states], dim=-2))
+
+
+@contextlib.contextmanager
+def _layers_set(backbone: nn.Module, **values) -> Iterator[None]:
+    """Set attributes on the backbone's checkpointable decoder layers for the duration."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    layers = [m for m in backbone.modules() if isinstance(m, GradientCheckpointingLayer)]
+    saved = [{k: m.__dict__[k] for k in values if k in m.__dict__} for m in layers]
+    try:
+        for m in layers:
+            for k, v in values.items():
+                setattr(m, k, v)
+        yield
+    finally:
+        for m, before in zip(layers, saved):
+            for k in values:
+                if k in before:
+                    setattr(m, k, before[k])
+                else:
+                    m.__dict__.pop(k, None)
 
 
 class TokenLogprobs(nn.Module):

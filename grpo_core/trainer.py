@@ -83,10 +83,9 @@ class Learner:
             sharding.shard(self.policy_scorer)
             if self.ref_scorer is not None:
                 sharding.shard(self.ref_scorer)
-        # HF turns the KV cache off under gradient checkpointing, and FSDP2 would see each
-        # block called twice per forward: both take the plain one-row-one-sequence forward
-        self.share_prompt = (hyper.shared_prompt_forward and not hyper.gradient_checkpointing
-                             and not self.sharded)
+        # FSDP2 would see each block called twice per forward (prompt, then completions):
+        # it takes the plain one-row-one-sequence forward
+        self.share_prompt = hyper.shared_prompt_forward and not self.sharded
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, hyper)
         self.iteration = 0

@@ -138,3 +138,34 @@ def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
         torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
     assert plain[3] == [(3, 9), (3, 6)]  # prompt + longest completion, per row
     assert shared[3] == [(1, 5), (3, 3), (1, 3), (3, 2)]  # prompt once, then completions
+
+
+def test_shared_prompt_forward_under_gradient_checkpointing(tiny_llama_factory):
+    """With HF gradient checkpointing the prompt pass keeps its activations and the completion
+    pass is checkpointed, reading the prompt's keys/values from a read-only cache: values and
+    gradients equal the plain forward's, and a decoder layer runs 3 times per micro-batch
+    (prompt, completions, completions replayed in backward)."""
+    from grpo_core.batch import prompt_chunks
+
+    model = tiny_llama_factory()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    b = group_batch()
+    idx = prompt_chunks(b, torch.arange(6), 8)[0]
+    mb = b.rows(idx)
+    results = {}
+    for share in (False, True):
+        model.zero_grad()
+        calls = []
+        hook = model.model.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+        logp = token_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask,
+                              share_prompt=share)
+        (logp * mb.advantages[:, None]).sum().backward()
+        hook.remove()
+        results[share] = (logp.detach(), [p.grad.clone() for p in model.parameters()], len(calls))
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    for a, c in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
+    assert results[False][2] == 2 and results[True][2] == 3
+    assert all(layer.gradient_checkpointing for layer in model.model.layers)
+    assert not any("_can_checkpoint_with_cache" in layer.__dict__ for layer in model.model.layers)

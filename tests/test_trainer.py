@@ -264,14 +264,15 @@ def test_gradient_checkpointing_gives_the_same_gradient(tiny_llama):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("beta", [0.0, 0.05])
-def test_shared_prompt_forward_gives_the_same_update(tiny_llama, beta):
+@pytest.mark.parametrize("beta,checkpointing", [(0.0, False), (0.05, False), (0.05, True)])
+def test_shared_prompt_forward_gives_the_same_update(tiny_llama, beta, checkpointing):
     _, completions, adv = make_rows()
     prompts = [[1, 5, 9, 33, 7]] * G + [[1, 40, 41]] * G  # two groups, one prompt each
     batch = build_batch(prompts, completions, adv, pad_id=0)
-    kw = dict(beta=beta, mu=2, micro_batch_size=3)
+    kw = dict(beta=beta, mu=2, micro_batch_size=3, gradient_checkpointing=checkpointing)
     plain, _ = grads_after_update(tiny_llama, hyper(shared_prompt_forward=False, **kw), batch)
     shared, _ = grads_after_update(tiny_llama, hyper(shared_prompt_forward=True, **kw), batch)
+    assert Learner(copy.deepcopy(tiny_llama), hyper(shared_prompt_forward=True, **kw)).share_prompt
     for a, b in zip(plain, shared):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-4)
 
