@@ -70,3 +70,13 @@ def test_repro_noop_and_param_change(project):
     assert "gsm8k.accuracy" in metrics and "metrics/validation.json" in metrics
     shown = sh(project, dvc, "exp", "show", "--csv").stdout
     assert "dr_grpo" in shown
+
+
+@pytest.mark.parametrize("stage", ["train", "evaluate"])
+def test_stages_depend_on_the_training_mixture_params(stage):
+    """train draws the mixture (rows, difficulty limits, seed) itself, and evaluate takes its
+    few-shot examples from it: a change there must rerun them, not only `prepare`."""
+    import yaml
+
+    params = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]["params"]
+    assert {"data.train", "data.seed", "data.prompt"} <= set(params)
