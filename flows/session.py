@@ -25,7 +25,8 @@ from grpo_core.config import Config
 
 LIVE: dict[str, "LiveRun"] = {}
 HISTORY_KEYS = ("reward/total/mean", "reward/total/std", "completion/length_mean",
-                "completion/truncated_frac", "update/kl", "time/iteration_s")
+                "completion/truncated_frac", "completion/cross_prompt_answer_frac", "update/kl",
+                "time/iteration_s")
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from grpo_core.advantages import group_advantages, zero_variance_groups
+from grpo_core.answers import extract_number_answer, to_number
 from grpo_core.batch import RolloutBatch, build_batch
 from grpo_core.rewards import score
 
@@ -45,8 +46,35 @@ def rollout_metrics(result) -> dict[str, float]:
         "completion/length_mean": float(np.mean(lengths)) if lengths else 0.0,
         "completion/length_max": float(max(lengths, default=0)),
         "completion/truncated_frac": 1.0 - metrics["rollout/stop_rate"] if lengths else 0.0,
+        "completion/cross_prompt_answer_frac": cross_prompt_answer_frac(result.groups),
     })
     return metrics
+
+
+def cross_prompt_answer_frac(groups) -> float:
+    """The share of completions whose final number is also the final number of a completion
+    to ANOTHER prompt in the batch. Different problems share small answers now and then (0.2-0.3
+    over 4 GSM8K prompts x 8 in a healthy run), but a value near 1 says the policy answers one
+    number whatever the question: a weak policy can earn more exact-match reward by guessing
+    the commonest answer than by reasoning (a learning run on 2-step GSM8K problems at lr 1e-5
+    drifted to '#### 10'; this value went 0.33 -> 0.98). Completions without a number count in
+    the denominator only."""
+    by_prompt = [[_number_key(c.text) for c in g.completions] for g in groups]
+    prompts_of: dict = {}
+    for p, keys in enumerate(by_prompt):
+        for key in keys:
+            if key is not None:
+                prompts_of.setdefault(key, set()).add(p)
+    total = sum(len(keys) for keys in by_prompt)
+    shared = sum(1 for keys in by_prompt for key in keys
+                 if key is not None and len(prompts_of[key]) > 1)
+    return shared / total if total else 0.0
+
+
+def _number_key(text: str):
+    """A completion's final answer as an exact number ('10', '10.0', '$10' are one key)."""
+    answer = extract_number_answer(text)
+    return to_number(answer) if answer is not None else None
 
 
 def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_limit_s: float,

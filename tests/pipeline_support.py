@@ -23,6 +23,7 @@ ITERATION_METRICS = [
     "update/kl", "update/clip_frac_low", "update/clip_frac_high", "update/ratio_mean",
     "update/ratio_min", "update/ratio_max", "update/entropy", "update/lr", "update/grad_norm",
     "completion/length_mean", "completion/length_max", "completion/truncated_frac",
+    "completion/cross_prompt_answer_frac",
     "rollout/tokens_per_s", "time/rollout_s", "time/reward_s", "time/reference_s",
     "time/update_s", "time/sync_s", "time/iteration_s",
 ]

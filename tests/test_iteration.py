@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 import torch
 
-from grpo_core.iteration import (advantages_for, draw_prompts, record_columns, rollout_metrics,
-                                 score_groups, update_batch)
+from grpo_core.iteration import (advantages_for, cross_prompt_answer_frac, draw_prompts,
+                                 record_columns, rollout_metrics, score_groups, update_batch)
 from grpo_core.rollout import Completion, Group, RolloutResult
 
 
@@ -67,6 +67,18 @@ def test_rollout_metrics_and_record_columns():
     assert m["completion/length_mean"] == pytest.approx(12 / 6)
     assert m["completion/truncated_frac"] == pytest.approx(1 / 6)
     assert m["rollout/tokens_per_s"] == 6.0
+    assert m["completion/cross_prompt_answer_frac"] == 0.0  # 12, 13, 12 vs 1, 2, 3
+
+
+def test_cross_prompt_answer_frac_flags_one_answer_for_every_question():
+    def group(p, *texts):
+        return Group(p, (p,), tuple(Completion((1,), t, (-0.5,), "stop") for t in texts))
+
+    healthy = [group(0, "#### 12", "#### 12", "#### 13"), group(1, "#### 7", "#### 8", "no")]
+    assert cross_prompt_answer_frac(healthy) == 0.0
+    collapsed = [group(0, "#### 10", "so 10.0", "#### 12"), group(1, "#### $10", "#### 10", "x")]
+    assert cross_prompt_answer_frac(collapsed) == pytest.approx(4 / 6)
+    assert cross_prompt_answer_frac([]) == 0.0
     cols = record_columns(_result(), torch.ones(2, 3), {"f": torch.zeros(2, 3)}, torch.eye(2, 3))
     assert cols["advantage"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert set(cols) == {"reward", "advantage", "reward_f"}
