@@ -57,6 +57,17 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 #   n", so only 0.6% met the instruction ("at the end"). One example alone took the untrained
 #   checkpoint from 0% to 78% strictly formatted on 100 test problems (2 examples: 87%, at 2x the
 #   prompt length), so the reward's signal can go to the answers rather than to the layout.
+# - NOT kept (2026-11-30, 306 iterations in 55 min): training on the 1961 GSM8K train problems
+#   whose solution has 2 steps (data.train max_steps 2) at lr 1e-5. The 11-29 run had scored
+#   2.4% per sample on 2-step problems against 1.6% on 3-4 steps, so easier problems promised
+#   more groups with a correct answer. Instead the policy learned to answer '#### 10' (the
+#   commonest answer of 2-step problems after 6) to every question: 92% of samples in
+#   iterations 121-160, 99% after; completion/cross_prompt_answer_frac went 0.37 -> 1.0. A
+#   constant guess scored about as often as the 135M model's reasoning, and cost fewer tokens.
+#   Greedy on the 500 test problems the trained policy answered 10 to 497 and was right on
+#   exactly the 12 whose answer is 10: accuracy 2.0% -> 2.4% (CI -1.3 to +2.1), format 74.8%
+#   -> 99.4%. Both changes went in one run, so which one drove the collapse is not separated;
+#   the 11-29 run (lr 5e-6, all problems) showed no such drift (0.2-0.3 over 163 iterations).
 RECIPE = {
     "data": {"prompt": {"few_shot": 1}},
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
@@ -282,13 +293,25 @@ def readme_table(s: dict) -> str:
         f"paired over the same {b['count']} problems). Training: {s['iterations']} iterations in "
         f"{s['train_minutes']:.1f} min (budget {s['budget_minutes']} min, 2 CPU cores, load average "
         f"{s['load_avg']}{resumed_note(s.get('resumed'))}); recipe: {shots} worked "
-        f"example(s) in the prompt, "
+        f"example(s) in the prompt, training data {mixture_words(r.get('data', {}).get('train'))}, "
         f"{r['rollout']['prompts_per_iteration']} prompts x "
         f"{r['rollout']['group_size']} samples x {r['rollout']['max_new_tokens']} tokens, rewards "
         f"{r['reward']['functions']}, beta {r['algorithm']['beta']}, lr {r['train']['learning_rate']}. "
         f"Reward curve: `bench/results/learning_rewards.png`; figures: `bench/results/learning.json`.",
     ]
     return "\n".join(rows)
+
+
+def mixture_words(train: list[dict] | None) -> str:
+    """[{"name": "gsm8k", "split": "train", "max_steps": 2}] -> "gsm8k train (max_steps 2)"."""
+    if not train:
+        return "gsm8k train"
+    words = []
+    for spec in train:
+        limits = [f"{k} {spec[k]}" for k in ("rows", "max_steps", "max_level") if spec.get(k)]
+        words.append(f"{spec['name']} {spec.get('split', 'train')}"
+                     + (f" ({', '.join(limits)})" if limits else ""))
+    return " + ".join(words)
 
 
 def resumed_note(resumed: dict | None) -> str:

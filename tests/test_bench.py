@@ -29,6 +29,20 @@ def test_paired_ci_hand_computed():
     assert math.isclose(lo, 0.5 - half) and math.isclose(hi, 0.5 + half)
 
 
+def test_readme_table_names_the_training_data_of_stored_runs():
+    """The table regenerates from a stored result: the 11-30 run trained on 2-step problems,
+    the 11-29 run (recorded before data limits existed) on all of GSM8K train."""
+    import json
+
+    learning = _load("learning")
+    easy = json.loads((BENCH / "results" / "learning_2026-11-30_easy.json").read_text())
+    table = learning.readme_table(easy)
+    assert "training data gsm8k train (max_steps 2)," in table
+    assert "| GSM8K test accuracy (greedy, first 500) | 2.0% | 2.4% |" in table
+    kept = json.loads((BENCH / "results" / "learning.json").read_text())
+    assert "training data gsm8k train, 4 prompts" in learning.readme_table(kept)
+
+
 def test_readme_table_between_markers(tmp_path, monkeypatch):
     learning = _load("learning")
     readme = tmp_path / "README.md"
