@@ -22,6 +22,7 @@ import pandas as pd
 from flows.tracking import Tracker, advantage_figure, provenance_tags, tracking_uri
 from grpo_core import distributed
 from grpo_core.config import Config
+from grpo_core.errors import UserError
 
 LIVE: dict[str, "LiveRun"] = {}
 HISTORY_KEYS = ("reward/total/mean", "reward/total/std", "completion/length_mean",
@@ -185,8 +186,8 @@ def _processed_files(cfg: Config) -> dict[str, Path]:
 
 def _load_data(cfg: Config):
     """(training mixture, {eval name: rows}, few-shot pairs) from the processed files."""
-    from grpo_core.data import (MixturePart, load_processed, processed_name, training_mixture,
-                                within_difficulty)
+    from grpo_core.data import (MixturePart, describe_limits, load_processed, processed_name,
+                                training_mixture, within_difficulty)
     from grpo_core.prompts import few_shot_examples
 
     files = _processed_files(cfg)
@@ -196,8 +197,10 @@ def _load_data(cfg: Config):
     mixture = training_mixture(frames, parts, cfg.data.seed)
     evals = {}
     for s in cfg.evaluate.datasets:
-        key = processed_name(s.name, s.split)
-        frame = within_difficulty(frames[key], MixturePart(key, None, s.max_steps, s.max_level))
+        part = MixturePart(processed_name(s.name, s.split), None, s.max_steps, s.max_level)
+        frame = within_difficulty(frames[part.key], part)
+        if frame.empty:
+            raise UserError(f"evaluate.datasets: {part.key} has 0 rows{describe_limits(part)}")
         evals[s.name] = frame.head(s.rows) if s.rows is not None else frame
     k = cfg.data.prompt.few_shot
     shots = (few_shot_examples(mixture["question"].tolist(), mixture["solution"].tolist(), k)

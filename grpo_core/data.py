@@ -348,7 +348,8 @@ def within_difficulty(frame: pd.DataFrame, part: MixturePart) -> pd.DataFrame:
     return frame[keep]
 
 
-def _limits(part: MixturePart) -> str:
+def describe_limits(part: MixturePart) -> str:
+    """' within max_steps 2' (or '' without limits), for messages."""
     said = [f"{name} {value}" for name, value in (("max_steps", part.max_steps),
                                                   ("max_level", part.max_level)) if value]
     return f" within {', '.join(said)}" if said else ""
@@ -366,8 +367,8 @@ def training_mixture(frames: dict[str, pd.DataFrame], parts: Sequence[MixturePar
                             f"(prepared: {', '.join(frames) or 'none'})")
         frame = within_difficulty(frames[part.key], part)
         if len(frame) == 0 or (part.rows is not None and part.rows > len(frame)):
-            raise UserError(f"training mixture: {part.key} has {len(frame)} rows{_limits(part)}, "
-                            f"{part.rows or 'at least 1'} requested")
+            raise UserError(f"training mixture: {part.key} has {len(frame)} rows"
+                            f"{describe_limits(part)}, {part.rows or 'at least 1'} requested")
         chunks.append(frame.sample(n=part.rows, random_state=seed + i)
                       if part.rows is not None else frame)
     mixture = pd.concat(chunks, ignore_index=True)

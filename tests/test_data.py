@@ -224,6 +224,12 @@ def test_difficulty_limits_reach_the_run_data(data_dir, tmp_path):
     assert (mixture.source == "math").sum() == 40
     assert set(mixture.loc[mixture.source == "math", "level"]) == {1}
     assert len(evals["math500"]) == 10 and evals["math500"]["level"].max() <= 2
+    empty = load_config(None, [f"data.dir={data_dir}", f"data.processed_dir={tmp_path}",
+                               "evaluate.datasets=[{name: gsm8k, split: test, max_steps: 1}]"])
+    prepare.run(empty)
+    with pytest.raises(UserError, match=r"^evaluate.datasets: gsm8k_test has 0 rows within "
+                                        r"max_steps 1$"):
+        _load_data(empty)
 
 
 def test_config_choices_equal_the_registries():
