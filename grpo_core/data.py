@@ -355,13 +355,13 @@ def describe_limits(part: MixturePart) -> str:
     return f" within {', '.join(said)}" if said else ""
 
 
-def training_mixture(frames: dict[str, pd.DataFrame], parts: Sequence[MixturePart | tuple],
+def training_mixture(frames: dict[str, pd.DataFrame], parts: Sequence[MixturePart],
                      seed: int) -> pd.DataFrame:
     """Concatenate each part's `rows` rows (None = all) of its frame within its difficulty
     limits, each drawn without replacement with `seed`, then shuffle the whole mixture with
-    `seed`. parts: MixturePart, or (processed name, rows) tuples."""
+    `seed`."""
     chunks = []
-    for i, part in enumerate(MixturePart(*p) for p in parts):
+    for i, part in enumerate(parts):
         if part.key not in frames:
             raise UserError(f"training mixture: dataset {part.key} was not prepared "
                             f"(prepared: {', '.join(frames) or 'none'})")

@@ -167,7 +167,7 @@ def test_hub_without_datasets_package_says_what_to_do():
 # ----------------------------------------------------------------------- mixture
 def test_training_mixture_rows_seed_and_errors(prepared):
     frames = prepared[2]
-    specs = [("gsm8k_train", 30), ("math_train", 20)]
+    specs = [data.MixturePart("gsm8k_train", 30), data.MixturePart("math_train", 20)]
     a = data.training_mixture(frames, specs, seed=0)
     b = data.training_mixture(frames, specs, seed=0)
     c = data.training_mixture(frames, specs, seed=1)
@@ -175,12 +175,12 @@ def test_training_mixture_rows_seed_and_errors(prepared):
     pd.testing.assert_frame_equal(a, b)
     assert a["id"].tolist() != c["id"].tolist()
     assert a["id"].is_unique
-    whole = data.training_mixture(frames, [("math500_test", None)], seed=0)
+    whole = data.training_mixture(frames, [data.MixturePart("math500_test")], seed=0)
     assert sorted(whole["id"]) == sorted(frames["math500_test"]["id"])
     with pytest.raises(UserError, match="math500_test has 500 rows, 501 requested"):
-        data.training_mixture(frames, [("math500_test", 501)], seed=0)
+        data.training_mixture(frames, [data.MixturePart("math500_test", 501)], seed=0)
     with pytest.raises(UserError, match="dataset nope_train was not prepared"):
-        data.training_mixture(frames, [("nope_train", 1)], seed=0)
+        data.training_mixture(frames, [data.MixturePart("nope_train", 1)], seed=0)
 
 
 def test_solution_steps_count_gsm8k_reasoning_lines(prepared):
