@@ -57,8 +57,8 @@ def cross_prompt_answer_frac(groups) -> float:
     over 4 GSM8K prompts x 8 in a healthy run), but a value near 1 says the policy answers one
     number whatever the question: a weak policy can earn more exact-match reward by guessing
     the commonest answer than by reasoning (a learning run on 2-step GSM8K problems at lr 1e-5
-    drifted to '#### 10'; this value went 0.33 -> 0.98). Completions without a number count in
-    the denominator only."""
+    drifted to '#### 10'; per 40 iterations this value went 0.37 -> 1.0). Completions without
+    a number count in the denominator only."""
     by_prompt = [[_number_key(c.text) for c in g.completions] for g in groups]
     prompts_of: dict = {}
     for p, keys in enumerate(by_prompt):
