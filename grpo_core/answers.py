@@ -97,6 +97,30 @@ def gsm8k_correct(completion: str, gold: str) -> bool:
     return a is not None and b is not None and a == b
 
 
+def numbers_in(text: str) -> set[Fraction]:
+    """Every number written in `text`, as exact values ('1,000', '1000.0' and '1000' are one)."""
+    return {v for v in (to_number(m) for m in _NUMBER.findall(text)) if v is not None}
+
+
+_CALCULATOR_RESULT = re.compile(r"<<[^<>=]*=([^<>]*)>>")
+_EQUALS_RESULT = re.compile(r"=\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+
+
+def gsm8k_intermediates(solution: str, question: str) -> frozenset[Fraction]:
+    """The values a GSM8K reference solution computes on the way to its answer: the result of
+    each calculator annotation ('<<48/2=24>>'), or in a line without one the number after each
+    '='. Values the question already states, and the final answer, are left out: the first are
+    no work, the second is the accuracy reward's business."""
+    body, hashes, final = solution.rpartition(_HASHES)
+    if not hashes:
+        body, final = solution, ""
+    found: set[Fraction] = set()
+    for line in body.splitlines():
+        results = _CALCULATOR_RESULT.findall(line) or _EQUALS_RESULT.findall(line)
+        found.update(v for v in map(to_number, results) if v is not None)
+    return frozenset(found - numbers_in(question) - {to_number(final)})
+
+
 def math_correct(completion: str, gold: str) -> bool:
     """math-verify equivalence of the completion's answer and the gold MATH answer. The gold is
     wrapped in `\\boxed{}` so math-verify reads it as LaTeX. No internal timeout (see module doc)."""

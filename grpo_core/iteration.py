@@ -84,18 +84,25 @@ def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_
                  max_new_tokens: int, **context) -> tuple[Tensor, dict[str, Tensor], dict]:
     """Rewards of every completion, shaped by group.
 
-    rows: the drawn prompts (processed schema), indexed by `Group.prompt_index`.
+    rows: the drawn prompts (processed schema), indexed by `Group.prompt_index`; context's
+    `prompts`, if given, is one per row too. Reward functions get all of them per completion.
     Returns (total (P', G), {function: (P', G)}, metrics) over the P' kept groups.
     """
     groups = result.groups
     g = len(groups[0].completions) if groups else 0
+
+    def each(values: Sequence) -> list:  # one value per prompt -> one per completion
+        return [values[grp.prompt_index] for grp in groups for _ in grp.completions]
+
     texts = [c.text for grp in groups for c in grp.completions]
-    answers = [rows["answer"].iloc[grp.prompt_index] for grp in groups for _ in grp.completions]
-    sources = [rows["source"].iloc[grp.prompt_index] for grp in groups for _ in grp.completions]
     counts = [len(c.token_ids) for grp in groups for c in grp.completions]
-    total, per_fn, metrics = score(texts, answers=answers, sources=sources, token_counts=counts,
-                                   max_new_tokens=max_new_tokens, weights=weights,
-                                   time_limit_s=time_limit_s, **context)
+    if context.get("prompts") is not None:
+        context["prompts"] = each(list(context["prompts"]))
+    total, per_fn, metrics = score(
+        texts, answers=each(rows["answer"].tolist()), sources=each(rows["source"].tolist()),
+        questions=each(rows["question"].tolist()), solutions=each(rows["solution"].tolist()),
+        token_counts=counts, max_new_tokens=max_new_tokens, weights=weights,
+        time_limit_s=time_limit_s, **context)
     shape = (len(groups), g)
     rewards = torch.as_tensor(total, dtype=torch.float32).reshape(shape)  # (P', G)
     per = {k: torch.as_tensor(v, dtype=torch.float32).reshape(shape) for k, v in per_fn.items()}

@@ -5,9 +5,9 @@ Every reward function takes the batch and returns one value per completion:
     fn(completions: list[str], *, answers: list[str], sources: list[str],
        token_counts: list[int], max_new_tokens: int, **context) -> list[float | None]
 
-`context` carries the rest (prompts, time_limit_s, answer_format, overlong_buffer,
-reward_model_dir, reward_model_batch_size, ...); a function takes what it needs and ignores
-the rest (`**_`). `None` means "could not score this completion": it becomes 0 and is counted
+`context` carries the rest (prompts, questions and solutions: one per completion, time_limit_s,
+answer_format, overlong_buffer, reward_model_dir, reward_model_batch_size, ...); a function
+takes what it needs and ignores the rest (`**_`). `None` means "could not score this completion": it becomes 0 and is counted
 as a failure. Functions written per completion are lifted with `@per_completion`, which also
 applies the time limit and turns an exception into a failure for that one completion only.
 
@@ -31,7 +31,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from grpo_core.answers import gsm8k_correct, is_correct, last_boxed, math_correct
+from grpo_core.answers import (gsm8k_correct, gsm8k_gold, gsm8k_intermediates, is_correct,
+                               last_boxed, math_correct, numbers_in, to_number)
 from grpo_core.errors import UserError
 
 RewardFn = Callable[..., Sequence[Optional[float]]]
@@ -94,16 +95,25 @@ class _Failed:
         self.timeout = timeout
 
 
+# Context lists with one entry per completion; `per_completion` hands each function its own
+# entry under the singular name (prompts[i] -> prompt=...).
+PER_ITEM_CONTEXT = {"prompts": "prompt", "questions": "question", "solutions": "solution"}
+
+
 def per_completion(item_fn: Callable[..., float]) -> RewardFn:
     """Lift `item_fn(completion, *, answer, source, token_count, max_new_tokens, **context)`
     to the batch signature, with the time limit and failure isolation per completion."""
     @functools.wraps(item_fn)
     def batch(completions, *, answers, sources, token_counts, max_new_tokens, time_limit_s=5.0,
               **context):
+        items = {one: context.pop(many) for many, one in PER_ITEM_CONTEXT.items()
+                 if context.get(many) is not None}
         out: list[Any] = []
-        for c, a, s, n in zip(completions, answers, sources, token_counts, strict=True):
+        for i, (c, a, s, n) in enumerate(zip(completions, answers, sources, token_counts,
+                                             strict=True)):
             call = functools.partial(item_fn, c, answer=a, source=s, token_count=n,
-                                     max_new_tokens=max_new_tokens, **context)
+                                     max_new_tokens=max_new_tokens, **context,
+                                     **{one: values[i] for one, values in items.items()})
             try:
                 out.append(call_with_limit(call, time_limit_s))
             except RewardTimeout:
@@ -137,6 +147,29 @@ def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
     return float(is_correct(completion, answer, source))
 
 
+@per_completion
+def gsm8k_steps(completion: str, *, source: str, solution: str | None = None,
+                question: str = "", **_) -> float:
+    """Credit for the work, not just the answer: the F1 overlap between the values the reference
+    solution computes on the way (`grpo_core.answers.gsm8k_intermediates`) and the numbers the
+    completion writes before its final '####' line (less the question's numbers and the gold
+    answer). Recall rewards the steps found; precision keeps a list of guesses from paying.
+    0 for problems of one step, for other datasets and without a reference solution: a constant
+    within a group, so it moves no advantage there."""
+    if source != "gsm8k" or not solution:
+        return 0.0
+    wanted = gsm8k_intermediates(solution, question)
+    if not wanted:
+        return 0.0
+    work = completion.rpartition(_HASH_MARK)[0] if _HASH_MARK in completion else completion
+    written = numbers_in(work) - numbers_in(question) - {to_number(gsm8k_gold(solution) or "")}
+    hits = len(wanted & written)
+    return 2 * hits / (len(wanted) + len(written)) if hits else 0.0
+
+
+_HASH_MARK = "####"
+
+
 def _hashes_once(text: str) -> bool:
     """Exactly one line starts with '####', and a number follows it there."""
     marked = [line.strip() for line in text.splitlines() if line.strip().startswith("####")]
@@ -168,8 +201,6 @@ _BOXED_MARK = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
 def _has_number(text: str) -> bool:
-    from grpo_core.answers import to_number
-
     return to_number(text) is not None
 
 
@@ -240,6 +271,7 @@ REWARDS: dict[str, RewardFn] = {
     "gsm8k_accuracy": gsm8k_accuracy,
     "math_accuracy": math_accuracy,
     "accuracy": accuracy,
+    "gsm8k_steps": gsm8k_steps,
     "format": format_reward,
     "soft_overlong": soft_overlong,
     "reward_model": reward_model,

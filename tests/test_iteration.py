@@ -22,7 +22,8 @@ def _result() -> RolloutResult:
 
 
 ROWS = pd.DataFrame({"id": ["a", "b"], "answer": ["12", "7"], "source": ["gsm8k", "gsm8k"],
-                     "question": ["q1", "q2"]})
+                     "question": ["q1", "q2"],
+                     "solution": ["3 * 2 = <<3*2=6>>6\n6 * 2 = <<6*2=12>>12\n#### 12", "#### 7"]})
 
 
 def test_draw_prompts_is_a_function_of_seed_and_iteration():
@@ -45,6 +46,30 @@ def test_scores_are_grouped_and_advantages_follow():
     assert adv[1].tolist() == [0.0, 0.0, 0.0]  # the all-equal group learns nothing
     assert m["advantage/zero_groups_frac"] == 0.5
     assert adv[0, 0] > 0 > adv[0, 1]
+
+
+def prompt_lengths(completions, *, prompts, **_):
+    """A batch reward function (like reward_model) that reads the prompt of every completion."""
+    return [float(len(p)) for p in prompts]
+
+
+def test_every_completion_gets_its_own_prompt_question_and_solution():
+    # Before, `prompts` reached reward functions one per prompt: reward_model's strict zip with
+    # the P * G completions failed and every completion silently scored 0.
+    _, per_fn, m = score_groups(_result(), ROWS, weights={
+        "tests.test_iteration:prompt_lengths": 1.0, "gsm8k_steps": 1.0},
+        time_limit_s=5.0, max_new_tokens=3, prompts=["four", "sixteen-chars..."])
+    assert per_fn["tests.test_iteration:prompt_lengths"].tolist() == [[4.0] * 3, [16.0] * 3]
+    assert m["reward/tests.test_iteration:prompt_lengths/failures"] == 0
+    # prompt 0's reference computes 6 on the way to 12; no completion shows work (all 0), and
+    # prompt 1 is one step (0 by definition)
+    assert per_fn["gsm8k_steps"].tolist() == [[0.0] * 3, [0.0] * 3]
+    worked = RolloutResult(groups=(Group(0, (5,), (
+        Completion((1,), "3 * 2 = 6, and 6 * 2 = 12\n#### 12", (-0.5,), "stop"),)),),
+        num_prompts=1, seconds=1.0)
+    _, per_fn, _ = score_groups(worked, ROWS, weights={"gsm8k_steps": 1.0}, time_limit_s=5.0,
+                                max_new_tokens=3)
+    assert per_fn["gsm8k_steps"].tolist() == [[pytest.approx(2 / (1 + 3))]]  # {6} vs {3, 2, 6}
 
 
 def test_update_batch_keeps_group_order_and_filters_groups():

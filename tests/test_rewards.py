@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from grpo_core import data, rewards
-from grpo_core.answers import is_correct, last_boxed
+from grpo_core.answers import gsm8k_intermediates, is_correct, last_boxed, numbers_in
 from grpo_core.config import RewardConfig, load_config
 from grpo_core.errors import UserError
 
@@ -147,6 +147,57 @@ def test_weights_combine_and_every_function_is_kept():
     assert total.tolist() == [1.5, 1.0, 0.5]
     assert metrics["reward/total/mean"] == pytest.approx(1.0)
     assert metrics["reward/format/mean"] == pytest.approx(2 / 3)
+
+
+# ----------------------------------------------------------------- gsm8k_steps
+NATALIA = ("Natalia sold clips to 48 of her friends in April, and then she sold half as many "
+           "clips in May. How many clips did Natalia sell altogether in April and May?")
+
+
+def test_intermediates_of_real_gsm8k_solutions(frames):
+    f = frames["gsm8k_train"].set_index("question")
+    natalia, betty = f.loc[NATALIA], f.iloc[2]
+    assert gsm8k_intermediates(natalia["solution"], NATALIA) == {24}  # 48 is given, 72 the answer
+    assert gsm8k_intermediates(betty["solution"], betty.name) == {50, 30}  # 5 is the answer
+    # lines without calculator annotations: the number after '='
+    assert gsm8k_intermediates("a = 3 + 4 = 7\nb = 7 * 2 = 14\n#### 14", "add 3 and 4") == {7}
+    # every value found is written in the reference's own work (its recall is 1), and most
+    # problems have at least one (the rest are one-step problems)
+    train = frames["gsm8k_train"]
+    found = 0
+    for solution, question in zip(train["solution"], train["question"], strict=True):
+        wanted = gsm8k_intermediates(solution, question)
+        assert wanted <= numbers_in(solution.rpartition("####")[0]), solution
+        found += bool(wanted)
+    assert 0.9 < found / len(train) < 1.0
+
+
+@pytest.mark.parametrize("completion, expected", [
+    ("Half of 48 is 24. Then 48 + 24 = 72.\n#### 72", 1.0),   # the step, nothing else
+    ("Half of 48 is 24. Then 48 + 24 = 72.\n#### 70", 1.0),   # the step; the answer is accuracy's
+    ("She sold 48 / 2 = 24 in May.\n#### 72", 2 / 3),        # {24} against {2, 24}
+    ("24 25 26 27 28 29\n#### 72", 2 / 7),                   # a list of guesses pays little
+    ("#### 72", 0.0),                                         # no work shown
+    ("The answer is 10.\n#### 10", 0.0),                     # a guess
+])
+def test_gsm8k_steps_by_hand(completion, expected):
+    natalia = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = "
+               "<<48+24=72>>72 clips altogether in April and May.\n#### 72")
+    _, per_fn, m = _score([completion], ["72"], {"gsm8k_steps": 1.0}, questions=[NATALIA],
+                          solutions=[natalia])
+    assert per_fn["gsm8k_steps"][0] == pytest.approx(expected)
+    assert m["reward/gsm8k_steps/failures"] == 0
+
+
+def test_gsm8k_steps_is_zero_where_it_has_nothing_to_check():
+    _, per_fn, m = _score(["24 so 72", "24 so 72", "24 so 72"], ["72", "72", "72"],
+                          {"gsm8k_steps": 1.0}, sources=["gsm8k", "math500", "gsm8k"],
+                          questions=[NATALIA] * 3,
+                          solutions=["48 + 24 = 72\n#### 72", "\\boxed{72}", None])
+    assert per_fn["gsm8k_steps"].tolist() == [0.0, 0.0, 0.0]  # one step; MATH; no reference
+    assert m["reward/gsm8k_steps/failures"] == 0
+    _, per_fn, _ = _score(["24 so 72"], ["72"], {"gsm8k_steps": 1.0})  # no context at all
+    assert per_fn["gsm8k_steps"].tolist() == [0.0]
 
 
 # ------------------------------------------------------------ failures and limits
