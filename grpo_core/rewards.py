@@ -161,13 +161,11 @@ def gsm8k_steps(completion: str, *, source: str, solution: str | None = None,
     wanted = gsm8k_intermediates(solution, question)
     if not wanted:
         return 0.0
-    work = completion.rpartition(_HASH_MARK)[0] if _HASH_MARK in completion else completion
+    work, mark, _ = completion.rpartition("####")
+    work = work if mark else completion
     written = numbers_in(work) - numbers_in(question) - {to_number(gsm8k_gold(solution) or "")}
     hits = len(wanted & written)
     return 2 * hits / (len(wanted) + len(written)) if hits else 0.0
-
-
-_HASH_MARK = "####"
 
 
 def _hashes_once(text: str) -> bool:
