@@ -75,7 +75,9 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 #   30 s an iteration against 20 s): 72% of groups had reward variance; the samples' credit
 #   went 0.09 -> 0.10-0.11 per 20 iterations, their accuracy stayed at 1.1-2.8%; no guessing
 #   (cross_prompt_answer_frac 0.16-0.22). Test: 2.2% -> 3.4% (CI -0.9 to +3.3), format 98.6%;
-#   11 problems lost and 17 gained, none right both times.
+#   11 problems lost and 17 gained, none right both times. The same at lr 1e-5 (116
+#   iterations, NOT kept): credit 0.08-0.11 and accuracy 0.8-2.2% per 20 iterations, no trend;
+#   test 2.2% -> 2.4% (CI -1.6 to +2.0), format 99.6%.
 RECIPE = {
     "data": {"prompt": {"few_shot": 1}},
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
