@@ -106,6 +106,7 @@ _CALCULATOR_RESULT = re.compile(r"<<[^<>=]*=([^<>]*)>>")
 _EQUALS_RESULT = re.compile(r"=\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
 
 
+@functools.lru_cache(maxsize=4096)  # a group's G completions are checked against one solution
 def gsm8k_intermediates(solution: str, question: str) -> frozenset[Fraction]:
     """The values a GSM8K reference solution computes on the way to its answer: the result of
     each calculator annotation ('<<48/2=24>>'), or in a line without one the number after each

@@ -7,9 +7,10 @@ Every reward function takes the batch and returns one value per completion:
 
 `context` carries the rest (prompts, questions and solutions: one per completion, time_limit_s,
 answer_format, overlong_buffer, reward_model_dir, reward_model_batch_size, ...); a function
-takes what it needs and ignores the rest (`**_`). `None` means "could not score this completion": it becomes 0 and is counted
-as a failure. Functions written per completion are lifted with `@per_completion`, which also
-applies the time limit and turns an exception into a failure for that one completion only.
+takes what it needs and ignores the rest (`**_`). `None` means "could not score this
+completion": it becomes 0 and is counted as a failure. Functions written per completion are
+lifted with `@per_completion`, which also applies the time limit and turns an exception into a
+failure for that one completion only.
 
 `soft_overlong` is DAPO's soft overlong punishment (Yu et al., arXiv 2503.14476, eq. 13), with
 L_max = the generation limit and L_cache = `overlong_buffer`. `reward_model` scores
@@ -31,8 +32,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from grpo_core.answers import (gsm8k_correct, gsm8k_gold, gsm8k_intermediates, is_correct,
-                               last_boxed, math_correct, numbers_in, to_number)
+from grpo_core.answers import (gsm8k_correct, gsm8k_intermediates, is_correct, last_boxed,
+                               math_correct, numbers_in, to_number)
 from grpo_core.errors import UserError
 
 RewardFn = Callable[..., Sequence[Optional[float]]]
@@ -148,7 +149,7 @@ def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
 
 
 @per_completion
-def gsm8k_steps(completion: str, *, source: str, solution: str | None = None,
+def gsm8k_steps(completion: str, *, answer: str, source: str, solution: str | None = None,
                 question: str = "", **_) -> float:
     """Credit for the work, not just the answer: the F1 overlap between the values the reference
     solution computes on the way (`grpo_core.answers.gsm8k_intermediates`) and the numbers the
@@ -163,7 +164,7 @@ def gsm8k_steps(completion: str, *, source: str, solution: str | None = None,
         return 0.0
     work, mark, _ = completion.rpartition("####")
     work = work if mark else completion
-    written = numbers_in(work) - numbers_in(question) - {to_number(gsm8k_gold(solution) or "")}
+    written = numbers_in(work) - numbers_in(question) - {to_number(answer)}
     hits = len(wanted & written)
     return 2 * hits / (len(wanted) + len(written)) if hits else 0.0
 
