@@ -103,7 +103,7 @@ def numbers_in(text: str) -> set[Fraction]:
 
 
 _CALCULATOR_RESULT = re.compile(r"<<[^<>=]*=([^<>]*)>>")
-_EQUALS_RESULT = re.compile(r"=\s*\$?\s*(-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?)")
+_EQUALS_RESULT = re.compile(r"=\s*\$?\s*(" + _NUMBER.pattern + ")")
 
 
 @functools.lru_cache(maxsize=4096)  # a group's G completions are checked against one solution

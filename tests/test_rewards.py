@@ -161,6 +161,8 @@ def test_intermediates_of_real_gsm8k_solutions(frames):
     assert gsm8k_intermediates(betty["solution"], betty.name) == {50, 30}  # 5 is the answer
     # lines without calculator annotations: the number after '='
     assert gsm8k_intermediates("a = 3 + 4 = 7\nb = 7 * 2 = 14\n#### 14", "add 3 and 4") == {7}
+    # the same numbers as a completion's: a bare decimal too (GSM8K train has '6/3=.5 hour')
+    assert gsm8k_intermediates("run 6/3=.5 hour\n.5 * 60 = 30\n#### 30", "6 km at 3") == {0.5}
     # every value found is written in the reference's own work (its recall is 1), and most
     # problems have at least one (the rest are one-step problems)
     train = frames["gsm8k_train"]
