@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -205,7 +206,19 @@ def _load_data(cfg: Config):
     k = cfg.data.prompt.few_shot
     shots = (few_shot_examples(mixture["question"].tolist(), mixture["solution"].tolist(), k)
              if k else [])
+    if cfg.data.pass_rates is not None:  # after the examples: the prompt the rates measured
+        mixture = _within_pass_rates(mixture, cfg.data.pass_rates)
     return mixture, evals, shots
+
+
+def _within_pass_rates(mixture: pd.DataFrame, f) -> pd.DataFrame:
+    from grpo_core.pass_rates import filter_mixture
+
+    kept, said = filter_mixture(mixture, f.rollouts, reward=f.reward, min_rate=f.min_rate,
+                                max_rate=f.max_rate, min_samples=f.min_samples)
+    if distributed.is_main():
+        print(said, file=sys.stderr)
+    return kept
 
 
 def save_resume_state(run: LiveRun, iteration: int) -> Path | None:

@@ -66,6 +66,27 @@ class PromptConfig(Section):
     few_shot: int = Field(default=0, ge=0, le=8)  # worked examples from the first training set
 
 
+class PassRateFilter(Section):
+    """Train only on problems whose pass rate, measured in earlier runs' rollouts, lies in
+    [min_rate, max_rate]: offline difficulty filtering. A group of G samples carries an
+    advantage only when its rewards differ, so problems the policy never (or always) solves
+    spend rollouts for nothing. Problems with fewer than `min_samples` earlier samples are
+    dropped. The worked examples of the prompt are chosen before the filter, so the prompt the
+    rates were measured with stays the prompt trained with."""
+
+    rollouts: tuple[str, ...] = Field(min_length=1)  # rollout parquet files or folders of them
+    reward: str = Field(default="gsm8k_accuracy", min_length=1)  # a sample passes when > 0
+    min_rate: float = Field(default=0.01, ge=0.0, le=1.0)
+    max_rate: float = Field(default=0.99, ge=0.0, le=1.0)
+    min_samples: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _rates_ordered(self) -> "PassRateFilter":
+        if self.min_rate > self.max_rate:
+            raise ValueError("min_rate must be <= max_rate")
+        return self
+
+
 class DataConfig(Section):
     dir: Optional[str] = None  # None: $GRPO_DATA_DIR, else the Hugging Face hub
     processed_dir: str = "data/processed"
@@ -75,6 +96,7 @@ class DataConfig(Section):
     seed: int = 0
     # drop training rows whose question also appears in an evaluation set (after prepare)
     decontaminate: bool = False
+    pass_rates: Optional[PassRateFilter] = None  # null = train on the whole mixture
     prompt: PromptConfig = PromptConfig()
 
 
@@ -338,7 +360,9 @@ def _set_path(raw: dict, key: str, value: Any, item: str) -> None:
     node = raw
     parts = key.split(".")
     for i, part in enumerate(parts[:-1]):
-        child = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or an optional section switched off (`null`)
+            node[part] = {}
+        child = node[part]
         if not isinstance(child, dict):
             raise UserError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a section")
         node = child

@@ -107,6 +107,16 @@ RULES = [
     ("tracking.sample_table_rows=-1", "tracking.sample_table_rows must be >= 0, got -1"),
 ]
 
+# data.pass_rates is null by default: each case switches it on with a rollouts list first
+PASS_RATES_ON = "data.pass_rates.rollouts=[runs/a/rollouts]"
+PASS_RATE_RULES = [
+    ("data.pass_rates.rollouts=[]", "data.pass_rates.rollouts must not be empty"),
+    ("data.pass_rates.reward=", "data.pass_rates.reward must not be empty"),
+    ("data.pass_rates.min_rate=2", "data.pass_rates.min_rate must be <= 1.0, got 2"),
+    ("data.pass_rates.max_rate=-1", "data.pass_rates.max_rate must be >= 0.0, got -1"),
+    ("data.pass_rates.min_samples=0", "data.pass_rates.min_samples must be >= 1, got 0"),
+]
+
 TYPES = [
     ("train.iterations=abc", "train.iterations must be a valid integer, got 'abc'"),
     ("train.iterations=1.5", "train.iterations must be a valid integer, got 1.5"),
@@ -128,6 +138,13 @@ def test_override_rejected_with_exact_message(override, message):
     assert str(err.value) == f"--set {override}: {message}"
 
 
+@pytest.mark.parametrize("override, message", PASS_RATE_RULES)
+def test_pass_rate_override_rejected_with_exact_message(override, message):
+    with pytest.raises(UserError) as err:
+        load_config(None, [PASS_RATES_ON, override])
+    assert str(err.value) == f"--set {override}: {message}"
+
+
 def _constrained_fields(model: type[BaseModel] = Config, prefix: str = "", seen=None):
     """Yield dotted names of fields carrying a bound, a length rule or a fixed set of choices.
     A section class used twice (DatasetSpec) is walked once, at its first place."""
@@ -144,7 +161,8 @@ def _constrained_fields(model: type[BaseModel] = Config, prefix: str = "", seen=
 
 def test_every_rule_has_a_case():
     # a rule is covered when its key is overridden directly or named by a message
-    keys = [o.split("=")[0] for o, _ in RULES] + [m.split()[0].rstrip(":") for _, m in RULES]
+    rules = RULES + PASS_RATE_RULES
+    keys = [o.split("=")[0] for o, _ in rules] + [m.split()[0].rstrip(":") for _, m in rules]
     covered = {re.sub(r"\.\d+", "", key) for key in keys}
     missing = sorted(set(_constrained_fields()) - covered)
     assert not missing, f"rules without an exact-message test: {missing}"

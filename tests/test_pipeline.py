@@ -84,3 +84,26 @@ def test_validation_failure_stops_before_the_checkpoint(tmp_path, tiny_sft_dir, 
             "e.g. ids gsm8k/train/3") in out.stderr, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "models" / "sft").exists(), "the checkpoint stage must not run"
+
+
+def test_pass_rate_filter_reads_the_rollouts_this_run_wrote(pipeline_run, monkeypatch):
+    """The ids `grpo train` writes in rollouts/ are the dataset ids the filter matches: the
+    random tiny policy solved nothing, so the band [0, 0] keeps exactly the 4 problems drawn."""
+    from flows.session import _load_data
+    from grpo_core.config import load_config
+    from grpo_core.errors import UserError
+
+    root, _ = pipeline_run
+    monkeypatch.chdir(root)
+    drawn = set(pd.concat(pd.read_parquet(f) for f in (root / "rollouts").glob("*.parquet"))
+                ["prompt_id"])
+    assert len(drawn) == 4
+    band = ["data.pass_rates.rollouts=[rollouts]", "data.pass_rates.min_samples=2",
+            "data.pass_rates.min_rate=0.0", "data.pass_rates.max_rate=0.0"]
+    full, _, shots = _load_data(load_config("params.yaml"))
+    mixture, _, filtered_shots = _load_data(load_config("params.yaml", band))
+    assert set(mixture["id"]) == drawn and len(mixture) == 4
+    assert filtered_shots == shots  # the prompt the rates were measured with is kept
+    assert mixture["id"].tolist() == [i for i in full["id"] if i in drawn]
+    with pytest.raises(UserError, match="no training problem has a pass rate 0.01-0.99"):
+        _load_data(load_config("params.yaml", band[:2]))
