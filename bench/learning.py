@@ -12,6 +12,8 @@ the training reward and the per-function rewards, and the README table between t
     .venv/bin/python bench/learning.py                       # the real run (~65 min on 2 cores)
     .venv/bin/python bench/learning.py --quick               # minutes: plumbing check only
     .venv/bin/python bench/learning.py --resume              # after a crash: the rest of it
+    .venv/bin/python bench/learning.py --pass-rates-from /tmp/run1/rollouts /tmp/run2/rollouts
+                                        # only problems earlier runs solved sometimes (see RECIPE)
 """
 
 from __future__ import annotations
@@ -93,8 +95,16 @@ EVAL_KV_CACHE_GIB = 2.0
 MARK_START, MARK_END = "<!-- learning:start -->", "<!-- learning:end -->"
 
 
+def recipe(pass_rates_from: list[str] | None = None) -> dict:
+    """RECIPE, with `data.pass_rates` reading `pass_rates_from` (rollout folders) when given."""
+    if not pass_rates_from:
+        return RECIPE
+    data = {**RECIPE.get("data", {}), "pass_rates": {"rollouts": list(pass_rates_from)}}
+    return {**RECIPE, "data": data}
+
+
 def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
-                 engine: str = "vllm") -> Path:
+                 engine: str = "vllm", pass_rates_from: list[str] | None = None) -> Path:
     import yaml
 
     sft = REPO / "models" / "sft"
@@ -108,7 +118,7 @@ def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
         "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
                      "experiment": "learning"},
     }
-    for section, values in (QUICK if quick else RECIPE).items():
+    for section, values in (QUICK if quick else recipe(pass_rates_from)).items():
         params.setdefault(section, {}).update(values)
     params["train"] = {**RECIPE["train"], **params.get("train", {}), "max_minutes": minutes,
                        "output_dir": str(root / "models" / "grpo")}
@@ -303,7 +313,8 @@ def readme_table(s: dict) -> str:
         f"paired over the same {b['count']} problems). Training: {s['iterations']} iterations in "
         f"{s['train_minutes']:.1f} min (budget {s['budget_minutes']} min, 2 CPU cores, load average "
         f"{s['load_avg']}{resumed_note(s.get('resumed'))}); recipe: {shots} worked "
-        f"example(s) in the prompt, training data {mixture_words(r.get('data', {}).get('train'))}, "
+        f"example(s) in the prompt, training data {mixture_words(r.get('data', {}).get('train'))}"
+        f"{pass_rate_words(s.get('pass_rates'))}, "
         f"{r['rollout']['prompts_per_iteration']} prompts x "
         f"{r['rollout']['group_size']} samples x {r['rollout']['max_new_tokens']} tokens, rewards "
         f"{r['reward']['functions']}, beta {r['algorithm']['beta']}, lr {r['train']['learning_rate']}. "
@@ -322,6 +333,25 @@ def mixture_words(train: list[dict] | None) -> str:
         words.append(f"{spec['name']} {spec.get('split', 'train')}"
                      + (f" ({', '.join(limits)})" if limits else ""))
     return " + ".join(words)
+
+
+def pass_rate_words(said: str | None) -> str:
+    """The filter's own line from train.log ('data.pass_rates: training on 135 of 7473
+    problems (...)') -> ' (pass-rate filter: 135 of 7473 problems, ...)'."""
+    if not said:
+        return ""
+    return f" (pass-rate filter: {said.split('training on ', 1)[-1].rstrip()})"
+
+
+def filter_line(root: Path) -> str | None:
+    """The pass-rate filter's line in the training log, if it ran."""
+    for log in ("train.log", "train_resumed.log"):
+        path = root / log
+        if path.is_file():
+            for line in path.read_text(errors="replace").splitlines():
+                if line.startswith("data.pass_rates: training on"):
+                    return line
+    return None
 
 
 def resumed_note(resumed: dict | None) -> str:
@@ -359,6 +389,9 @@ def main() -> int:
                          "processes share the cores, see README)")
     ap.add_argument("--after-rows", type=int, default=None,
                     help="evaluate the trained policy on only the first N of the rows (time box)")
+    ap.add_argument("--pass-rates-from", nargs="+", metavar="ROLLOUTS", default=None,
+                    help="train only on problems solved sometimes in these earlier rollouts "
+                         "(data.pass_rates with its defaults)")
     ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eval:
@@ -367,7 +400,7 @@ def main() -> int:
     args.reuse_evals = args.reuse_evals or args.resume
     root = Path(args.workdir).resolve()
     params = write_params(root, minutes=args.minutes, eval_rows=args.eval_rows, quick=args.quick,
-                          engine=args.engine)
+                          engine=args.engine, pass_rates_from=args.pass_rates_from)
     env = project_env(root)
     py, grpo = str(BIN / "python"), str(BIN / "grpo")
     steps = [("prepare", [grpo, "prepare"]), ("checkpoint", [grpo, "checkpoint"])]
@@ -422,7 +455,8 @@ def main() -> int:
         "difference": {"mean": mean, "ci_low": lo, "ci_high": hi},
         "iterations": iterations, "train_minutes": train["seconds"] / 60,
         "train_peak_rss_gb": train["peak_rss_gb"], "budget_minutes": args.minutes,
-        "load_avg": train.get("load_avg", load_avg()), "recipe": RECIPE,
+        "load_avg": train.get("load_avg", load_avg()),
+        "recipe": recipe(args.pass_rates_from), "pass_rates": filter_line(root),
         "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
         "png": str(png), "after_rows": args.after_rows, "engine": args.engine,
         "resumed": train.get("resumed"),
