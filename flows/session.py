@@ -121,6 +121,7 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
 
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)  # fail before loading
     mixture, eval_sets, few_shot = _load_data(cfg)
+    mixture = _training_rows(cfg, mixture)
     with distributed.main_first():  # rank 0 writes the directory, the other ranks reuse it
         sft = materialize(cfg.checkpoint.source, cfg.checkpoint.output_dir,
                           trust_remote_code=cfg.checkpoint.trust_remote_code)
@@ -206,14 +207,18 @@ def _load_data(cfg: Config):
     k = cfg.data.prompt.few_shot
     shots = (few_shot_examples(mixture["question"].tolist(), mixture["solution"].tolist(), k)
              if k else [])
-    if cfg.data.pass_rates is not None:  # after the examples: the prompt the rates measured
-        mixture = _within_pass_rates(mixture, cfg.data.pass_rates)
     return mixture, evals, shots
 
 
-def _within_pass_rates(mixture: pd.DataFrame, f) -> pd.DataFrame:
+def _training_rows(cfg: Config, mixture: pd.DataFrame) -> pd.DataFrame:
+    """The mixture, less what `data.pass_rates` filters out. Applied after `_load_data` chose
+    the worked examples, so the prompt stays the one the rates were measured with; evaluation
+    never reads the earlier rollouts."""
     from grpo_core.pass_rates import filter_mixture
 
+    f = cfg.data.pass_rates
+    if f is None:
+        return mixture
     kept, said = filter_mixture(mixture, f.rollouts, reward=f.reward, min_rate=f.min_rate,
                                 max_rate=f.max_rate, min_samples=f.min_samples)
     if distributed.is_main():

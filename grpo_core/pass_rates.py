@@ -3,9 +3,10 @@ training rows whose rate lies in a band.
 
 Why: a GRPO group's advantages are its rewards minus their mean, so a group whose G samples all
 fail (or all pass) teaches nothing and still costs a rollout. A small policy fails most GSM8K
-problems every time; training on the problems it sometimes solves gives more groups a signal
-(the filter Polaris and Skywork-OR1 apply with the initial policy's pass rates; DAPO's dynamic
-sampling does it online, at the cost of extra rollouts).
+problems every time; training on the problems it sometimes solves gives more groups a signal.
+Skywork-OR1 (arXiv:2505.22312) filters its data by the policy's own pass rates in the same way;
+DAPO's dynamic sampling (arXiv:2503.14476) drops such groups online, at the cost of extra
+rollouts.
 
 The rollout files are the ones `grpo train` writes (grpo_core.rollout.records): one row per
 sample, its problem in `prompt_id` (the dataset row's `id`) and each reward function's score in
