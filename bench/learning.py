@@ -80,6 +80,12 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 #   11 problems lost and 17 gained, none right both times. The same at lr 1e-5 (116
 #   iterations, NOT kept): credit 0.08-0.11 and accuracy 0.8-2.2% per 20 iterations, no trend;
 #   test 2.2% -> 2.4% (CI -1.6 to +2.0), format 99.6%.
+# - NOT kept (2026-11-30, 93 iterations in 56 min): the same recipe trained only on the 135
+#   problems the three runs above had solved at least once in 24 samples (data.pass_rates,
+#   `--pass-rates-from` their rollouts; mean rate 8.9% there). 24% of groups had accuracy
+#   variance (11% before), but the samples' accuracy on those problems was 3.9%, 3.5%, 5.6% in
+#   the three passes over them (the selection had favoured lucky problems), and the test went
+#   2.2% -> 1.6% (CI -2.2 to +1.0), format 97.6%; 7 gained, 10 lost, 1 right both times.
 RECIPE = {
     "data": {"prompt": {"few_shot": 1}},
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
