@@ -97,3 +97,32 @@ def test_run_all_only_keeps_the_other_summary_entries(tmp_path, monkeypatch):
     assert run_all.merged({"vs_trl": {"rc": 0}}, quick=False) == {"rollout": {"rc": 0},
                                                                    "vs_trl": {"rc": 0}}
     assert run_all.merged({"vs_trl": {"rc": 0}}, quick=True) == {"vs_trl": {"rc": 0}}
+
+
+def test_saved_tensors_counts_weight_casts_only_under_autocast(tiny_llama_factory):
+    """float32 saves the parameters themselves (no extra memory), bf16 autocast saves bf16
+    copies of the weights and bf16 activations; both save float32 activations too."""
+    import torch
+
+    saved = _load("saved_tensors")
+    model = tiny_llama_factory().train()
+    ids = torch.randint(3, 100, (2, 12))
+    f32 = saved.saved_bytes(model, ids, torch.ones_like(ids), torch.ones(2, 8), bf16=False)
+    bf16 = saved.saved_bytes(model, ids, torch.ones_like(ids), torch.ones(2, 8), bf16=True)
+    assert f32["param/float32"] > 0 and not any(k.startswith("param-cast") for k in f32)
+    assert "activation/bfloat16" not in f32
+    assert bf16["param-cast/bfloat16"] > 0 and bf16["activation/bfloat16"] > 0
+    assert bf16.get("param/float32", 0) < f32["param/float32"]
+
+
+def test_readme_table_says_what_the_pass_rate_filter_kept():
+    import json
+
+    learning = _load("learning")
+    run = json.loads((BENCH / "results" / "learning_2026-11-30_passrate.json").read_text())
+    assert ("training data gsm8k train (pass-rate filter: 135 of 7473 problems (pass rate "
+            "0.01-0.99 of gsm8k_accuracy over >= 8 samples; 652 measured in 387 rollout "
+            "files)), 4 prompts") in learning.readme_table(run)
+    assert learning.recipe(["a/rollouts"])["data"] == {"prompt": {"few_shot": 1},
+                                                       "pass_rates": {"rollouts": ["a/rollouts"]}}
+    assert learning.recipe(None) is learning.RECIPE
