@@ -25,11 +25,19 @@ from grpo_core.errors import UserError
 WHERE = "data.pass_rates"
 
 
-def rollout_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Each path is a parquet file or a folder searched recursively for them -> sorted files."""
+def rollout_files(paths: Sequence[str | Path], own: str | Path | None = None) -> list[Path]:
+    """Each path is a parquet file or a folder searched recursively for them -> sorted files.
+    None of them may be or hold `own`, the folder this run writes its rollouts to: the filter
+    would then change as the run goes (and on resume), so a resumed run would not draw the
+    problems an uninterrupted one would."""
     files: list[Path] = []
+    mine = Path(own).resolve() if own is not None else None
     for raw in paths:
         path = Path(raw)
+        full = path.resolve()
+        if mine is not None and (full == mine or mine in full.parents or full in mine.parents):
+            raise UserError(f"{WHERE}.rollouts: {path} is or holds this run's own rollouts "
+                            f"(rollout.output_dir {own}); point it at earlier runs' rollouts")
         if path.is_file():
             files.append(path)
         elif path.is_dir():
@@ -80,10 +88,11 @@ def within_pass_rates(frame: pd.DataFrame, rates: pd.DataFrame, *, min_rate: flo
 
 
 def filter_mixture(mixture: pd.DataFrame, paths: Sequence[str | Path], *, reward: str,
-                   min_rate: float, max_rate: float, min_samples: int) -> tuple[pd.DataFrame, str]:
+                   min_rate: float, max_rate: float, min_samples: int,
+                   own_rollouts: str | Path | None = None) -> tuple[pd.DataFrame, str]:
     """The mixture rows within the band, and one line saying what was kept and from what.
     An empty result is the user's mistake (wrong files, band or reward): a UserError."""
-    files = rollout_files(paths)
+    files = rollout_files(paths, own_rollouts)
     rates = pass_rates(read_samples(files, reward))
     measured = rates[rates["samples"] >= min_samples]
     kept = within_pass_rates(mixture, rates, min_rate=min_rate, max_rate=max_rate,

@@ -71,6 +71,11 @@ def test_errors_name_the_file_and_the_key(tmp_path):
                        r"rate 0.01-0.99 of format over >= 1 samples in 1 rollout file\(s\) "
                        r"\(1 problems had enough samples\)$"):
         run([f], reward="format")
+    with pytest.raises(UserError, match=r"^data.pass_rates.rollouts: .* is or holds this run's "
+                       r"own rollouts \(rollout.output_dir .*runs/now/rollouts\); point it at "
+                       r"earlier runs' rollouts$"):
+        rollout_files([tmp_path / "runs"], own=tmp_path / "runs" / "now" / "rollouts")
+    assert rollout_files([f], own=tmp_path / "runs" / "now" / "rollouts") == [f]
     (tmp_path / "bad.parquet").write_text("not parquet")
     with pytest.raises(UserError, match=r"bad.parquet: not a readable parquet file"):
         run([tmp_path / "bad.parquet"])
