@@ -14,6 +14,7 @@ the training reward and the per-function rewards, and the README table between t
     .venv/bin/python bench/learning.py --resume              # after a crash: the rest of it
     .venv/bin/python bench/learning.py --pass-rates-from /tmp/run1/rollouts /tmp/run2/rollouts
                                         # only problems earlier runs solved sometimes (see RECIPE)
+    .venv/bin/python bench/learning.py --set rollout.group_size=16 --set rollout.prompts_per_iteration=2
 """
 
 from __future__ import annotations
@@ -101,16 +102,31 @@ EVAL_KV_CACHE_GIB = 2.0
 MARK_START, MARK_END = "<!-- learning:start -->", "<!-- learning:end -->"
 
 
-def recipe(pass_rates_from: list[str] | None = None) -> dict:
-    """RECIPE, with `data.pass_rates` reading `pass_rates_from` (rollout folders) when given."""
-    if not pass_rates_from:
+def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> dict:
+    """RECIPE, with `data.pass_rates` reading `pass_rates_from` (rollout folders) when given,
+    and `sets` ('rollout.group_size=16', values parsed as YAML) applied on top."""
+    import copy
+
+    import yaml
+
+    if not pass_rates_from and not sets:
         return RECIPE
-    data = {**RECIPE.get("data", {}), "pass_rates": {"rollouts": list(pass_rates_from)}}
-    return {**RECIPE, "data": data}
+    out = copy.deepcopy(RECIPE)
+    if pass_rates_from:
+        out.setdefault("data", {})["pass_rates"] = {"rollouts": list(pass_rates_from)}
+    for item in sets:
+        key, _, value = item.partition("=")
+        *path, leaf = key.strip().split(".")
+        node = out
+        for part in path:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
 
 
 def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
-                 engine: str = "vllm", pass_rates_from: list[str] | None = None) -> Path:
+                 engine: str = "vllm", pass_rates_from: list[str] | None = None,
+                 sets: list[str] = ()) -> Path:
     import yaml
 
     sft = REPO / "models" / "sft"
@@ -124,7 +140,7 @@ def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
         "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
                      "experiment": "learning"},
     }
-    for section, values in (QUICK if quick else recipe(pass_rates_from)).items():
+    for section, values in (QUICK if quick else recipe(pass_rates_from, sets)).items():
         params.setdefault(section, {}).update(values)
     params["train"] = {**RECIPE["train"], **params.get("train", {}), "max_minutes": minutes,
                        "output_dir": str(root / "models" / "grpo")}
@@ -398,6 +414,9 @@ def main() -> int:
     ap.add_argument("--pass-rates-from", nargs="+", metavar="ROLLOUTS", default=None,
                     help="train only on problems solved sometimes in these earlier rollouts "
                          "(data.pass_rates with its defaults)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="change one RECIPE value for this run, e.g. rollout.group_size=16 "
+                         "(repeatable; checked by the config when training starts)")
     ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eval:
@@ -406,7 +425,8 @@ def main() -> int:
     args.reuse_evals = args.reuse_evals or args.resume
     root = Path(args.workdir).resolve()
     params = write_params(root, minutes=args.minutes, eval_rows=args.eval_rows, quick=args.quick,
-                          engine=args.engine, pass_rates_from=args.pass_rates_from)
+                          engine=args.engine, pass_rates_from=args.pass_rates_from,
+                          sets=args.sets)
     env = project_env(root)
     py, grpo = str(BIN / "python"), str(BIN / "grpo")
     steps = [("prepare", [grpo, "prepare"]), ("checkpoint", [grpo, "checkpoint"])]
@@ -462,7 +482,7 @@ def main() -> int:
         "iterations": iterations, "train_minutes": train["seconds"] / 60,
         "train_peak_rss_gb": train["peak_rss_gb"], "budget_minutes": args.minutes,
         "load_avg": train.get("load_avg", load_avg()),
-        "recipe": recipe(args.pass_rates_from), "pass_rates": filter_line(root),
+        "recipe": recipe(args.pass_rates_from, args.sets), "pass_rates": filter_line(root),
         "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
         "png": str(png), "after_rows": args.after_rows, "engine": args.engine,
         "resumed": train.get("resumed"),

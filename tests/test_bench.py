@@ -126,3 +126,6 @@ def test_readme_table_says_what_the_pass_rate_filter_kept():
     assert learning.recipe(["a/rollouts"])["data"] == {"prompt": {"few_shot": 1},
                                                        "pass_rates": {"rollouts": ["a/rollouts"]}}
     assert learning.recipe(None) is learning.RECIPE
+    g16 = learning.recipe(None, ["rollout.group_size=16", "train.learning_rate=1.0e-5"])
+    assert (g16["rollout"]["group_size"], g16["train"]["learning_rate"]) == (16, 1e-5)
+    assert learning.RECIPE["rollout"]["group_size"] == 8  # a copy was changed
