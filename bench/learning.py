@@ -87,6 +87,10 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 #   variance (11% before), but the samples' accuracy on those problems was 3.9%, 3.5%, 5.6% in
 #   the three passes over them (the selection had favoured lucky problems), and the test went
 #   2.2% -> 1.6% (CI -2.2 to +1.0), format 97.6%; 7 gained, 10 lost, 1 right both times.
+# - NOT kept (2026-11-30, 83 iterations in a 45-minute budget): G = 16, 2 prompts an iteration
+#   (`--set rollout.group_size=16 --set rollout.prompts_per_iteration=2`). 22% of groups had
+#   accuracy variance (11% at G = 8); the samples' accuracy stayed at 1.1-4.2% per 20
+#   iterations; test 2.2% -> 1.6% (CI -2.1 to +0.9), format 98.6%.
 RECIPE = {
     "data": {"prompt": {"few_shot": 1}},
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,

@@ -145,7 +145,7 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
     if distributed.is_main():  # one MLflow run per job, however many ranks
         tracker = Tracker(tracking_uri(t.mlflow_tracking_uri), t.experiment, run_name=t.run_name,
                           resume_run_id=run_id)
-        tracker.log_params(cfg.flat())
+        tracker.log_params({**cfg.flat(), "data.train_problems": len(mixture)})
         tracker.set_tags(provenance_tags(_processed_files(cfg)))
     run = LiveRun(uuid.uuid4().hex, cfg, Path(sft), tokenizer, learner, engine, tracker, mixture,
                   eval_sets, few_shot, start_iteration=start, history=history)
@@ -220,7 +220,8 @@ def _training_rows(cfg: Config, mixture: pd.DataFrame) -> pd.DataFrame:
     if f is None:
         return mixture
     kept, said = filter_mixture(mixture, f.rollouts, reward=f.reward, min_rate=f.min_rate,
-                                max_rate=f.max_rate, min_samples=f.min_samples)
+                                max_rate=f.max_rate, min_samples=f.min_samples,
+                                own_rollouts=cfg.rollout.output_dir)
     if distributed.is_main():
         print(said, file=sys.stderr)
     return kept

@@ -36,6 +36,7 @@ def test_every_metric_at_every_iteration(pipeline_run):
         assert steps == [1, 2], f"{key}: logged at steps {steps}"
     assert run.data.params["algorithm.beta"] == "0.04"
     assert run.data.params["rollout.group_size"] == "2"
+    assert run.data.params["data.train_problems"] == "16"  # the mixture's rows, after filters
     assert "git.commit" in run.data.tags or "data.gsm8k_train.md5" in run.data.tags
     assert len(run.data.tags["data.gsm8k_train.md5"]) == 32
     assert "eval/gsm8k/accuracy" in run.data.metrics
@@ -98,8 +99,10 @@ def test_pass_rate_filter_reads_the_rollouts_this_run_wrote(pipeline_run, monkey
     drawn = set(pd.concat(pd.read_parquet(f) for f in (root / "rollouts").glob("*.parquet"))
                 ["prompt_id"])
     assert len(drawn) == 4
-    band = ["data.pass_rates.rollouts=[rollouts]", "data.pass_rates.min_samples=2",
-            "data.pass_rates.min_rate=0.0", "data.pass_rates.max_rate=0.0"]
+    # the next run of this project: its own rollouts go elsewhere (reading them is refused)
+    nxt = ["rollout.output_dir=rollouts-next", "data.pass_rates.rollouts=[rollouts]",
+           "data.pass_rates.min_samples=2"]
+    band = nxt + ["data.pass_rates.min_rate=0.0", "data.pass_rates.max_rate=0.0"]
     full, _, shots = _load_data(load_config("params.yaml"))
     cfg = load_config("params.yaml", band)
     filtered, _, filtered_shots = _load_data(cfg)
@@ -108,4 +111,6 @@ def test_pass_rate_filter_reads_the_rollouts_this_run_wrote(pipeline_run, monkey
     assert set(mixture["id"]) == drawn and len(mixture) == 4
     assert mixture["id"].tolist() == [i for i in full["id"] if i in drawn]
     with pytest.raises(UserError, match="no training problem has a pass rate 0.01-0.99"):
-        _training_rows(load_config("params.yaml", band[:2]), filtered)
+        _training_rows(load_config("params.yaml", nxt), filtered)
+    with pytest.raises(UserError, match="is or holds this run's own rollouts"):
+        _training_rows(load_config("params.yaml", nxt[1:]), filtered)
