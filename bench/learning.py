@@ -108,10 +108,10 @@ MARK_START, MARK_END = "<!-- learning:start -->", "<!-- learning:end -->"
 
 def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> dict:
     """RECIPE, with `data.pass_rates` reading `pass_rates_from` (rollout folders) when given,
-    and `sets` ('rollout.group_size=16', values parsed as YAML) applied on top."""
+    and `sets` ('rollout.group_size=16') applied on top, parsed as `grpo --set` parses them."""
     import copy
 
-    import yaml
+    from grpo_core.config import _parse_override, _set_path
 
     if not pass_rates_from and not sets:
         return RECIPE
@@ -119,12 +119,7 @@ def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> di
     if pass_rates_from:
         out.setdefault("data", {})["pass_rates"] = {"rollouts": list(pass_rates_from)}
     for item in sets:
-        key, _, value = item.partition("=")
-        *path, leaf = key.strip().split(".")
-        node = out
-        for part in path:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        _set_path(out, *_parse_override(item), item)
     return out
 
 
