@@ -104,6 +104,20 @@ def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
 
 
+def timed_runs(fn, repeats: int) -> tuple[object, list[float]]:
+    """Call `fn()` `repeats` times -> (the last call's value, each call's wall-clock seconds).
+    The benchmarks report the median: the first call of a process pays one-time set-up
+    (kernel selection, allocator growth, lazy imports) that a long run does not."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}")
+    seconds, value = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        value = fn()
+        seconds.append(time.perf_counter() - start)
+    return value, seconds
+
+
 def save_json(obj: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=float))

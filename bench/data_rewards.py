@@ -1,11 +1,13 @@
 """Benchmark: data preparation, Great Expectations validation, prompt rendering, reward scoring.
 
-    .venv/bin/python bench/data_rewards.py [--data-dir DIR] [--json PATH]
+    .venv/bin/python bench/data_rewards.py [--data-dir DIR] [--repeats N] [--json PATH]
 
-Prints wall-clock seconds (and rows or completions per second) for:
+Prints wall-clock seconds (the median of --repeats runs, default 3), and rows or completions
+per second, for:
 - `prepare` of all five splits (GSM8K train/test, MATH train/test, MATH-500);
 - `validate` of a training mixture (GSM8K + MATH train) against GSM8K test + MATH-500, with
-  and without Data Docs (the import of great_expectations is timed on its own);
+  and without Data Docs (the import of great_expectations is timed on its own, once: a
+  second import is a dictionary look-up);
 - `render_prompts` of 1,000 GSM8K questions with SmolLM2's chat template;
 - `score` of the gold solutions: gsm8k_accuracy + format on GSM8K (8,792 completions) in the
   main thread (SIGALRM limit) and in a worker thread (thread-per-call limit, as under Prefect),
@@ -17,23 +19,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import median, timed_runs  # noqa: E402
+
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def timed(fn):
-    t0 = time.perf_counter()
-    value = fn()
-    return value, time.perf_counter() - t0
+def timed(fn, repeats: int):
+    """-> (fn's value, the median wall-clock seconds of `repeats` calls)."""
+    value, runs = timed_runs(fn, repeats)
+    return value, median(runs)
 
 
 def in_thread(fn):
@@ -48,49 +54,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("GRPO_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--json", help="also write the figures here")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each timed step (default 3)")
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error(f"--repeats must be at least 1, got {args.repeats}")
+    n = args.repeats
 
-    from grpo_core import data, rewards
     figures: dict[str, float] = {}
     out = Path(tempfile.mkdtemp(prefix="bench-data-"))
-    splits = [("gsm8k", "train"), ("gsm8k", "test"), ("math", "train"), ("math", "test"),
-              ("math500", "test")]
-    (paths, metrics), s = timed(lambda: data.prepare(args.data_dir, out, splits))
-    rows = sum(m["rows"] for m in metrics.values())
-    figures.update(prepare_s=s, prepare_rows=rows, prepare_rows_per_s=rows / s)
-
-    _, s = timed(lambda: __import__("great_expectations"))
-    figures["gx_import_s"] = s
-    from grpo_core.validation import validate
-    subset = {k: paths[k] for k in ("gsm8k_train", "math_train", "gsm8k_test", "math500_test")}
-    kw = dict(train_names=["gsm8k_train", "math_train"], eval_names=["gsm8k_test", "math500_test"])
-    (_, ok), s = timed(lambda: validate(subset, **kw))
-    figures.update(validate_s=s, validate_ok=float(ok))
-    _, s = timed(lambda: validate(subset, docs_dir=out / "docs", **kw))
-    figures["validate_with_docs_s"] = s
-
-    frames = {k: data.load_processed(p) for k, p in paths.items()}
-    figures.update(render_prompts(frames["gsm8k_test"]["question"].tolist()[:1000]))
-
-    import pandas as pd
-    g = pd.concat([frames["gsm8k_train"], frames["gsm8k_test"]], ignore_index=True)
-    score_kw = dict(answers=g["answer"].tolist(), sources=g["source"].tolist(),
-                    token_counts=[100] * len(g), max_new_tokens=256,
-                    weights={"gsm8k_accuracy": 1.0, "format": 0.5})
-    sols = g["solution"].tolist()
-    (total, _, _), s = timed(lambda: rewards.score(sols, **score_kw))
-    figures.update(gsm8k_score_main_s=s, gsm8k_score_main_per_s=len(g) / s,
-                   gsm8k_score_mean=float(total.mean()))
-    _, s = timed(lambda: in_thread(lambda: rewards.score(sols, **score_kw)))
-    figures.update(gsm8k_score_thread_s=s, gsm8k_score_thread_per_s=len(g) / s)
-
-    m = frames["math500_test"]
-    (total, _, _), s = timed(lambda: rewards.score(
-        m["solution"].tolist(), answers=m["answer"].tolist(), sources=m["source"].tolist(),
-        token_counts=[100] * len(m), max_new_tokens=256, weights={"math_accuracy": 1.0}))
-    figures.update(math500_score_s=s, math500_score_per_s=len(m) / s,
-                   math500_accuracy_of_gold=float(total.mean()))
-
+    try:
+        measure(args.data_dir, out, n, figures)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    figures["repeats"] = n
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:,.3f}")
@@ -98,7 +74,49 @@ def main() -> None:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 
 
-def render_prompts(questions: list[str]) -> dict[str, float]:
+def measure(data_dir: str, out: Path, n: int, figures: dict[str, float]) -> None:
+    """Time each step `n` times into `figures`, working in `out`."""
+    from grpo_core import data, rewards
+    splits = [("gsm8k", "train"), ("gsm8k", "test"), ("math", "train"), ("math", "test"),
+              ("math500", "test")]
+    (paths, metrics), s = timed(lambda: data.prepare(data_dir, out, splits), n)
+    rows = sum(m["rows"] for m in metrics.values())
+    figures.update(prepare_s=s, prepare_rows=rows, prepare_rows_per_s=rows / s)
+
+    _, s = timed(lambda: __import__("great_expectations"), 1)
+    figures["gx_import_s"] = s
+    from grpo_core.validation import validate
+    subset = {k: paths[k] for k in ("gsm8k_train", "math_train", "gsm8k_test", "math500_test")}
+    kw = dict(train_names=["gsm8k_train", "math_train"], eval_names=["gsm8k_test", "math500_test"])
+    (_, ok), s = timed(lambda: validate(subset, **kw), n)
+    figures.update(validate_s=s, validate_ok=float(ok))
+    _, s = timed(lambda: validate(subset, docs_dir=out / "docs", **kw), n)
+    figures["validate_with_docs_s"] = s
+
+    frames = {k: data.load_processed(p) for k, p in paths.items()}
+    figures.update(render_prompts(frames["gsm8k_test"]["question"].tolist()[:1000], n))
+
+    import pandas as pd
+    g = pd.concat([frames["gsm8k_train"], frames["gsm8k_test"]], ignore_index=True)
+    score_kw = dict(answers=g["answer"].tolist(), sources=g["source"].tolist(),
+                    token_counts=[100] * len(g), max_new_tokens=256,
+                    weights={"gsm8k_accuracy": 1.0, "format": 0.5})
+    sols = g["solution"].tolist()
+    (total, _, _), s = timed(lambda: rewards.score(sols, **score_kw), n)
+    figures.update(gsm8k_score_main_s=s, gsm8k_score_main_per_s=len(g) / s,
+                   gsm8k_score_mean=float(total.mean()))
+    _, s = timed(lambda: in_thread(lambda: rewards.score(sols, **score_kw)), n)
+    figures.update(gsm8k_score_thread_s=s, gsm8k_score_thread_per_s=len(g) / s)
+
+    m = frames["math500_test"]
+    (total, _, _), s = timed(lambda: rewards.score(
+        m["solution"].tolist(), answers=m["answer"].tolist(), sources=m["source"].tolist(),
+        token_counts=[100] * len(m), max_new_tokens=256, weights={"math_accuracy": 1.0}), n)
+    figures.update(math500_score_s=s, math500_score_per_s=len(m) / s,
+                   math500_accuracy_of_gold=float(total.mean()))
+
+
+def render_prompts(questions: list[str], repeats: int) -> dict[str, float]:
     """1,000 chat-template renders with SmolLM2's tokenizer (skipped if it is not installed)."""
     try:
         from transformers import AutoTokenizer
@@ -111,7 +129,7 @@ def render_prompts(questions: list[str]) -> dict[str, float]:
         return {}
     from grpo_core.prompts import INSTRUCTIONS
     from grpo_core.prompts import render_prompts as render
-    _, s = timed(lambda: render(tok, questions, instruction=INSTRUCTIONS["hashes"]))
+    _, s = timed(lambda: render(tok, questions, instruction=INSTRUCTIONS["hashes"]), repeats)
     return {"render_1000_prompts_s": s}
 
 

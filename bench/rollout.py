@@ -1,13 +1,16 @@
 """Rollout throughput: VLLMEngine vs HFEngine, and the weight-sync time.
 
-    .venv/bin/python bench/rollout.py [--quick] [--json PATH] [--dtype bfloat16]
+    .venv/bin/python bench/rollout.py [--quick] [--repeats N] [--json PATH] [--dtype bfloat16]
 
 1. 4 prompts x 8 samples x 128 new tokens (temperature 1), both engines, same dtype.
 2. 200 greedy GSM8K test prompts x 256 new tokens (--quick: 16), both engines.
-3. Weight sync: push the float32 policy's 135M parameters into the vLLM engine (median of 3).
+3. Weight sync: push the float32 policy's 135M parameters into the vLLM engine.
 
-tokens/s counts generated tokens (EOS included) over the wall time of `generate`, prompt
-encoding included. Targets (issue 4): vLLM >= 3x transformers on CPU; sync < 1 s for 135M.
+Each case runs --repeats times (default 3; 1 with --quick) on the same engine after a warm-up
+generation; the figures are medians, and `runs_tokens_per_s` keeps every run's rate. tokens/s
+counts generated tokens (EOS included) over the wall time of `generate`, prompt encoding
+included. Targets (issue 4): vLLM >= 3x transformers on CPU; sync < 1 s for 135M.
+About 35 minutes on 2 cores at the default settings, most of it transformers' greedy case.
 The SFT checkpoint is the bundled SmolLM2-135M-Instruct, materialised into models/sft.
 """
 
@@ -16,12 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from common import median  # noqa: E402
 for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                    "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
@@ -43,28 +48,33 @@ def render(tokenizer, questions: list[str]) -> list[str]:
             for q in questions]
 
 
-def run(engine, prompts, n, sampling) -> dict:
-    result = engine.generate(prompts, n, sampling)
-    m = result.metrics()
-    figures = {"tokens": int(m["rollout/tokens"]), "seconds": round(m["rollout/seconds"], 2),
-               "tokens_per_s": round(m["rollout/tokens_per_s"], 1)}
-    print(f"  {type(engine).__name__}: {len(prompts)} prompts x {n}: {figures}", flush=True)
-    return figures
+def run(engine, prompts, n, sampling, repeats: int) -> dict:
+    """`repeats` generations of the same batch -> median tokens, seconds and tokens/s."""
+    metrics = []
+    for _ in range(repeats):
+        metrics.append(engine.generate(prompts, n, sampling).metrics())
+        print(f"  {type(engine).__name__}: {len(prompts)} prompts x {n}: "
+              f"{metrics[-1]['rollout/tokens_per_s']:.1f} tokens/s", flush=True)
+    rates = [m["rollout/tokens_per_s"] for m in metrics]
+    return {"tokens": int(median([m["rollout/tokens"] for m in metrics])),
+            "seconds": round(median([m["rollout/seconds"] for m in metrics]), 2),
+            "tokens_per_s": round(median(rates), 1), "runs_tokens_per_s": [round(r, 1) for r in rates]}
 
 
-def workloads(engine, tokenizer, gsm8k_prompts: int) -> dict:
+def workloads(engine, tokenizer, gsm8k_prompts: int, repeats: int) -> dict:
     from grpo_core.rollout import SamplingSettings
 
     groups = run(engine, render(tokenizer, QUESTIONS), 8,
-                 SamplingSettings(temperature=1.0, max_new_tokens=128, seed=0))
+                 SamplingSettings(temperature=1.0, max_new_tokens=128, seed=0), repeats)
     greedy = run(engine, render(tokenizer, gsm8k_questions(gsm8k_prompts)), 1,
-                 SamplingSettings(temperature=0, max_new_tokens=256))
+                 SamplingSettings(temperature=0, max_new_tokens=256), repeats)
     return {"groups_4x8x128": groups, f"gsm8k_greedy_{gsm8k_prompts}x256": greedy}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 GSM8K prompts instead of 200")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each case (default 3; --quick: 1)")
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--model", default=str(REPO / "models" / "sft"), help="materialised SFT dir")
@@ -79,21 +89,25 @@ def main() -> int:
 
     model_dir = materialize("bundled:smollm2-135m-instruct", args.model)
     n_gsm8k = 16 if args.quick else 200
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
+    if repeats < 1:
+        p.error(f"--repeats must be at least 1, got {repeats}")
     args.dtype = resolve_dtype(args.dtype)
-    figures: dict = {"dtype": args.dtype, "threads": torch.get_num_threads()}
+    figures: dict = {"dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": repeats}
 
     engine = make_engine("vllm", model_dir, dtype=args.dtype, seed=0, cpu_kv_cache_gib=2.0)
     engine.generate(render(engine.tokenizer, QUESTIONS[:1]), 1, SamplingSettings(max_new_tokens=8))
-    figures["vllm"] = workloads(engine, engine.tokenizer, n_gsm8k)
+    figures["vllm"] = workloads(engine, engine.tokenizer, n_gsm8k, repeats)
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    syncs = [engine.update_weights(policy.named_parameters()) for _ in range(3)]
-    figures["weight_sync_s"] = round(statistics.median(syncs), 3)
+    syncs = [engine.update_weights(policy.named_parameters()) for _ in range(max(repeats, 3))]
+    figures["weight_sync_s"] = round(median(syncs), 3)
+    figures["runs_weight_sync_s"] = [round(s, 3) for s in syncs]
     engine.close()
     del policy
 
     hf = make_engine("hf", model_dir, dtype=args.dtype, seed=0)
     hf.generate(render(hf.tokenizer, QUESTIONS[:1]), 1, SamplingSettings(max_new_tokens=8))
-    figures["hf"] = workloads(hf, hf.tokenizer, n_gsm8k)
+    figures["hf"] = workloads(hf, hf.tokenizer, n_gsm8k, repeats)
     hf.close()
 
     for name in figures["vllm"]:

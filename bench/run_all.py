@@ -49,22 +49,48 @@ def run_one(name: str, script: str, extra: list[str]) -> dict:
             "load_after": load_avg(), "json": str(out), "figures": figures}
 
 
+def _vs_trl(f: dict) -> str:
+    ours, trl = f["ours"], f["trl"]
+    return (f"ours {ours['median_step_s']:.1f} s vs TRL {trl['median_step_s']:.1f} s "
+            f"{trl.get('precision', '')} (x{f['time_ratio']:.2f}); RSS {ours['peak_tree_rss_gb']:.1f} vs "
+            f"{trl['peak_tree_rss_gb']:.1f} GB")
+
+
+def _iteration(f: dict) -> str:
+    m = f["medians"]
+    parts = [f"{p} {m.get(f'time/{p}_s', 0):.1f}" for p in
+             ("rollout", "reward", "reference", "update", "sync")]
+    return f"iteration {m.get('time/iteration_s', 0):.1f} s = " + ", ".join(parts)
+
+
+def _rollout(f: dict) -> str:
+    cases = [f"{case.split('_')[0]} vLLM {f['vllm'][case]['tokens_per_s']:.0f} vs HF "
+             f"{f['hf'][case]['tokens_per_s']:.0f} tok/s (x{ratio:.2f})"
+             for case, ratio in f["ratio_vllm_over_hf"].items()]
+    return "; ".join(cases) + f"; sync {f['weight_sync_s']:.2f} s"
+
+
+def _update_step(f: list) -> str:
+    return "; ".join(f"{r['autocast']} micro {r['micro']}{' ckpt' if r['ckpt'] else ''} "
+                     f"{r['seconds']:.1f} s" for r in f if r["kind"] == "update")
+
+
+def _learning(f: dict) -> str:
+    return (f"accuracy {f['before']['accuracy']:.1%} -> {f['after']['accuracy']:.1%}, formatted "
+            f"{f['before']['formatted']:.1%} -> {f['after']['formatted']:.1%}")
+
+
+HEADLINES = {"vs_trl": _vs_trl, "iteration": _iteration, "rollout": _rollout,
+             "update_step": _update_step, "learning": _learning}
+
+
 def headline(name: str, f: dict | list | None) -> str:
-    """A one-line digest of a benchmark's figures."""
+    """A one-line digest of a benchmark's figures (its first four numbers where it has no
+    digest of its own)."""
     if not f:
         return "no figures"
-    if name == "vs_trl":
-        return (f"ours {f['ours']['median_step_s']:.1f} s vs TRL {f['trl']['median_step_s']:.1f} s "
-                f"{f['trl'].get('precision', '')} (x{f['time_ratio']:.2f}); RSS {f['ours']['peak_tree_rss_gb']:.1f} vs "
-                f"{f['trl']['peak_tree_rss_gb']:.1f} GB")
-    if name == "iteration":
-        m = f["medians"]
-        parts = [f"{p} {m.get(f'time/{p}_s', 0):.1f}" for p in
-                 ("rollout", "reward", "reference", "update", "sync")]
-        return f"iteration {m.get('time/iteration_s', 0):.1f} s = " + ", ".join(parts)
-    if name == "learning":
-        return (f"accuracy {f['before']['accuracy']:.1%} -> {f['after']['accuracy']:.1%}, formatted "
-                f"{f['before']['formatted']:.1%} -> {f['after']['formatted']:.1%}")
+    if name in HEADLINES:
+        return HEADLINES[name](f)
     flat = _numbers(f)
     return ", ".join(f"{k} {v:.3g}" for k, v in list(flat.items())[:4])
 

@@ -1,15 +1,18 @@
 """Benchmark: one GRPO update on SmolLM2-135M-Instruct, and the log-prob routine.
 
-    .venv/bin/python bench/update_step.py [--quick] [--json PATH] [--model-dir DIR]
+    .venv/bin/python bench/update_step.py [--quick] [--repeats N] [--json PATH] [--model-dir DIR]
 
 Measures (each case in its own subprocess, so peak memory is that case's own):
 - one `Learner.update` on B completions (default 32, of 128-256 tokens; prompts of 64 tokens)
   with float32 vs bfloat16 autocast, a few micro-batch sizes, and gradient checkpointing;
 - forward + backward of the chunked `token_logprobs` vs the naive full float32 log-softmax
   on one micro-batch.
-Time is wall-clock seconds; memory is the peak RSS of the subprocess (CPU) or
-`torch.cuda.max_memory_allocated` (GPU), minus the footprint right after loading the model.
-`--quick`: 8 completions of 128 tokens, fewer cases (a smoke run, about a few minutes on 2 cores).
+Time is wall-clock seconds, the median of --repeats runs of the case in its process (default
+3, each run timed alone; `runs_seconds` keeps them all: the first pays the one-time set-up of
+the process); memory is the peak RSS of the subprocess (CPU) or `torch.cuda.max_memory_allocated`
+(GPU) over all its runs, minus the footprint right after loading the model.
+`--quick`: 8 completions of 128 tokens, fewer cases, one run each (a smoke run, a few minutes on
+2 cores). The full run takes about 20 minutes on 2 cores.
 """
 
 from __future__ import annotations
@@ -20,22 +23,25 @@ import os
 import resource
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from common import median, timed_runs  # noqa: E402
 
 
-def cases(quick: bool) -> list[dict]:
+def cases(quick: bool, repeats: int) -> list[dict]:
     rows, lo, hi = (8, 128, 128) if quick else (32, 128, 256)
-    shape = dict(rows=rows, min_len=lo, max_len=hi)
+    shape = dict(rows=rows, min_len=lo, max_len=hi, repeats=repeats)
     combos = [("float32", 8, False), ("bfloat16", 8, False), ("float32", 8, True)]
     if not quick:
         combos += [("float32", 4, False), ("float32", 16, False), ("bfloat16", 16, False)]
     update = [dict(kind="update", autocast=a, micro=m, ckpt=c, **shape) for a, m, c in combos]
     lp_rows = min(rows, 8)
-    logp = [dict(kind="logprobs", method=m, chunk=c, rows=lp_rows, min_len=lo, max_len=hi)
+    logp = [dict(kind="logprobs", method=m, chunk=c, rows=lp_rows, min_len=lo, max_len=hi,
+                 repeats=repeats)
             for m, c in [("chunked", 256), ("naive", 0)] + ([] if quick else [("chunked", 1024)])]
     return update + logp
 
@@ -74,9 +80,9 @@ def worker(case: dict, model_dir: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     base = peak_mb(device) if device.type == "cuda" else _rss_mb()
     run = _run_update if case["kind"] == "update" else _run_logprobs
-    seconds, extra = run(model, batch, case)
-    return dict(case, device=device.type, seconds=seconds, peak_mb=peak_mb(device) - base,
-                tokens=int(batch.completion_mask.sum()), **extra)
+    runs, extra = run(model, batch, case)
+    return dict(case, device=device.type, seconds=median(runs), runs_seconds=runs,
+                peak_mb=peak_mb(device) - base, tokens=int(batch.completion_mask.sum()), **extra)
 
 
 def _rss_mb() -> float:
@@ -91,9 +97,8 @@ def _run_update(model, batch, case):
     hyper = UpdateHyper(autocast=case["autocast"], micro_batch_size=case["micro"],
                         gradient_checkpointing=case["ckpt"], learning_rate=1e-6)
     learner = Learner(model, hyper)
-    start = time.perf_counter()
-    metrics = learner.update(batch)
-    return time.perf_counter() - start, {"loss": metrics["loss"]}
+    metrics, runs = timed_runs(lambda: learner.update(batch), case["repeats"])
+    return runs, {"loss": metrics["loss"]}
 
 
 def _run_logprobs(model, batch, case):
@@ -102,15 +107,20 @@ def _run_logprobs(model, batch, case):
     from grpo_core.logprobs import naive_token_logprobs, token_logprobs
 
     args = (model, batch.input_ids, batch.attention_mask, batch.completion_mask)
-    start = time.perf_counter()
-    if case["method"] == "chunked":
-        logp = token_logprobs(*args, chunk_tokens=case["chunk"])
-    else:
-        logp = naive_token_logprobs(*args)
-    (logp * batch.completion_mask).sum().backward()
-    if batch.input_ids.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, {"logp_sum": float(logp.sum())}
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        if case["method"] == "chunked":
+            logp = token_logprobs(*args, chunk_tokens=case["chunk"])
+        else:
+            logp = naive_token_logprobs(*args)
+        (logp * batch.completion_mask).sum().backward()
+        if batch.input_ids.is_cuda:
+            torch.cuda.synchronize()
+        return float(logp.detach().sum())
+
+    logp_sum, runs = timed_runs(forward_backward, case["repeats"])
+    return runs, {"logp_sum": logp_sum}
 
 
 def model_dir(arg: str | None) -> str:
@@ -132,6 +142,7 @@ def label(r: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--repeats", type=int, default=None, help="runs of each case (default 3; --quick: 1)")
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--model-dir", help="HF directory (default: materialise the bundled SmolLM2)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -139,10 +150,13 @@ def main() -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker), args.model_dir)))
         return 0
+    repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
+    if repeats < 1:
+        p.error(f"--repeats must be at least 1, got {repeats}")
     where = model_dir(args.model_dir)
     results = []
-    print(f"{'case':<34} {'rows':>4} {'tokens':>6} {'seconds':>8} {'peak MB':>8}")
-    for case in cases(args.quick):
+    print(f"{'case':<34} {'rows':>4} {'tokens':>6} {'seconds':>8} {'peak MB':>8}  runs (s)")
+    for case in cases(args.quick, repeats):
         out = subprocess.run([sys.executable, __file__, "--worker", json.dumps(case),
                               "--model-dir", where], capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -151,8 +165,9 @@ def main() -> int:
             return 1
         r = json.loads(line[0][len("RESULT "):])
         results.append(r)
+        runs = ", ".join(f"{x:.2f}" for x in r["runs_seconds"])
         print(f"{label(r):<34} {r['rows']:>4} {r['tokens']:>6} {r['seconds']:>8.2f} "
-              f"{r['peak_mb']:>8.0f}", flush=True)
+              f"{r['peak_mb']:>8.0f}  {runs}", flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2))

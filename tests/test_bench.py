@@ -129,3 +129,51 @@ def test_readme_table_says_what_the_pass_rate_filter_kept():
     g16 = learning.recipe(None, ["rollout.group_size=16", "train.learning_rate=1.0e-5"])
     assert (g16["rollout"]["group_size"], g16["train"]["learning_rate"]) == (16, 1e-5)
     assert learning.RECIPE["rollout"]["group_size"] == 8  # a copy was changed
+
+
+def test_timed_runs_calls_each_repeat_and_keeps_every_time():
+    from common import timed_runs
+
+    calls = []
+    value, runs = timed_runs(lambda: calls.append(len(calls)) or len(calls), 3)
+    assert calls == [0, 1, 2] and value == 3
+    assert len(runs) == 3 and all(s >= 0 for s in runs)
+    try:
+        timed_runs(lambda: None, 0)
+    except ValueError as exc:
+        assert "at least 1" in str(exc)
+    else:
+        raise AssertionError("repeats=0 was accepted")
+
+
+def test_update_step_repeats_each_case_without_accumulating_gradients(tiny_llama):
+    """The log-prob case runs forward + backward `repeats` times; each run starts from zeroed
+    gradients, so the timed work is the same every time (and equal to a single run)."""
+    update_step = _load("update_step")
+    model = tiny_llama.train()
+    shape = dict(rows=4, min_len=4, max_len=8)
+    batch = update_step.make_batch(shape, model.config.vocab_size)
+    once, _ = update_step._run_logprobs(model, batch, dict(shape, method="chunked", chunk=16,
+                                                           repeats=1))
+    grad_once = model.model.embed_tokens.weight.grad.clone()
+    runs, extra = update_step._run_logprobs(model, batch, dict(shape, method="chunked", chunk=16,
+                                                               repeats=3))
+    assert len(once) == 1 and len(runs) == 3 and math.isfinite(extra["logp_sum"])
+    assert model.model.embed_tokens.weight.grad.allclose(grad_once)
+
+    runs, extra = update_step._run_update(model, batch, dict(shape, kind="update",
+                                                             autocast="float32", micro=2,
+                                                             ckpt=False, repeats=2))
+    assert len(runs) == 2 and math.isfinite(extra["loss"])
+    assert all(c["repeats"] == 2 for c in update_step.cases(quick=True, repeats=2))
+
+
+def test_every_headline_reads_the_figures_its_benchmark_stored():
+    """run_all's digests follow the JSON each benchmark writes: a renamed key fails here."""
+    import json
+
+    run_all = _load("run_all")
+    for name, digest in run_all.HEADLINES.items():
+        figures = json.loads((BENCH / "results" / f"{name}.json").read_text())
+        line = digest(figures)
+        assert line and any(ch.isdigit() for ch in line), (name, line)
