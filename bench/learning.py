@@ -111,7 +111,7 @@ def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> di
     and `sets` ('rollout.group_size=16') applied on top, parsed as `grpo --set` parses them."""
     import copy
 
-    from grpo_core.config import _parse_override, _set_path
+    from grpo_core.config import apply_override
 
     if not pass_rates_from and not sets:
         return RECIPE
@@ -119,7 +119,7 @@ def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> di
     if pass_rates_from:
         out.setdefault("data", {})["pass_rates"] = {"rollouts": list(pass_rates_from)}
     for item in sets:
-        _set_path(out, *_parse_override(item), item)
+        apply_override(out, item)
     return out
 
 

@@ -301,9 +301,7 @@ def load_config(path: str | Path | None = DEFAULT_PARAMS, overrides: list[str] =
     raw, lines, where = _read_yaml(path)
     set_by: dict[str, str] = {}
     for item in overrides:
-        key, value = _parse_override(item)
-        _set_path(raw, key, value, item)
-        set_by[key] = f"--set {item}"
+        set_by[apply_override(raw, item)] = f"--set {item}"
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
@@ -343,6 +341,14 @@ def _key_lines(node, prefix=""):
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             yield from _key_lines(item, f"{prefix}{i}.")
+
+
+def apply_override(raw: dict, item: str) -> str:
+    """Apply one `KEY.PATH=VALUE` (the value read as YAML, as `grpo --set` reads it) to a raw
+    params mapping in place, creating sections on the way -> the dotted key it set."""
+    key, value = _parse_override(item)
+    _set_path(raw, key, value, item)
+    return key
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
