@@ -36,10 +36,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-def timed(fn, repeats: int):
-    """-> (fn's value, the median wall-clock seconds of `repeats` calls)."""
-    value, runs = timed_runs(fn, repeats)
-    return value, median(runs)
+def timed(fn, repeats: int, runs: dict[str, list[float]], name: str):
+    """-> (fn's value, the median wall-clock seconds of `repeats` calls); every call's
+    seconds go to runs[name]."""
+    value, seconds = timed_runs(fn, repeats)
+    runs[name] = [round(x, 4) for x in seconds]
+    return value, median(seconds)
 
 
 def in_thread(fn):
@@ -61,40 +63,42 @@ def main() -> None:
     n = args.repeats
 
     figures: dict[str, float] = {}
+    runs: dict[str, list[float]] = {}
     out = Path(tempfile.mkdtemp(prefix="bench-data-"))
     try:
-        measure(args.data_dir, out, n, figures)
+        measure(args.data_dir, out, figures, lambda fn, name, k=n: timed(fn, k, runs, name))
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    figures["repeats"] = n
     width = max(map(len, figures))
     for key, value in figures.items():
         print(f"{key:<{width}}  {value:,.3f}")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**figures, "repeats": n, "runs_seconds": runs},
+                                              indent=2) + "\n")
 
 
-def measure(data_dir: str, out: Path, n: int, figures: dict[str, float]) -> None:
-    """Time each step `n` times into `figures`, working in `out`."""
+def measure(data_dir: str, out: Path, figures: dict[str, float], time_it) -> None:
+    """Time each step with `time_it(fn, name) -> (value, seconds)` into `figures`, working in
+    `out`."""
     from grpo_core import data, rewards
+
     splits = [("gsm8k", "train"), ("gsm8k", "test"), ("math", "train"), ("math", "test"),
               ("math500", "test")]
-    (paths, metrics), s = timed(lambda: data.prepare(data_dir, out, splits), n)
+    (paths, metrics), s = time_it(lambda: data.prepare(data_dir, out, splits), "prepare")
     rows = sum(m["rows"] for m in metrics.values())
     figures.update(prepare_s=s, prepare_rows=rows, prepare_rows_per_s=rows / s)
 
-    _, s = timed(lambda: __import__("great_expectations"), 1)
-    figures["gx_import_s"] = s
+    _, (figures["gx_import_s"],) = timed_runs(lambda: __import__("great_expectations"), 1)
     from grpo_core.validation import validate
     subset = {k: paths[k] for k in ("gsm8k_train", "math_train", "gsm8k_test", "math500_test")}
     kw = dict(train_names=["gsm8k_train", "math_train"], eval_names=["gsm8k_test", "math500_test"])
-    (_, ok), s = timed(lambda: validate(subset, **kw), n)
+    (_, ok), s = time_it(lambda: validate(subset, **kw), "validate")
     figures.update(validate_s=s, validate_ok=float(ok))
-    _, s = timed(lambda: validate(subset, docs_dir=out / "docs", **kw), n)
+    _, s = time_it(lambda: validate(subset, docs_dir=out / "docs", **kw), "validate_with_docs")
     figures["validate_with_docs_s"] = s
 
     frames = {k: data.load_processed(p) for k, p in paths.items()}
-    figures.update(render_prompts(frames["gsm8k_test"]["question"].tolist()[:1000], n))
+    figures.update(render_prompts(frames["gsm8k_test"]["question"].tolist()[:1000], time_it))
 
     import pandas as pd
     g = pd.concat([frames["gsm8k_train"], frames["gsm8k_test"]], ignore_index=True)
@@ -102,21 +106,23 @@ def measure(data_dir: str, out: Path, n: int, figures: dict[str, float]) -> None
                     token_counts=[100] * len(g), max_new_tokens=256,
                     weights={"gsm8k_accuracy": 1.0, "format": 0.5})
     sols = g["solution"].tolist()
-    (total, _, _), s = timed(lambda: rewards.score(sols, **score_kw), n)
+    (total, _, _), s = time_it(lambda: rewards.score(sols, **score_kw), "gsm8k_score_main")
     figures.update(gsm8k_score_main_s=s, gsm8k_score_main_per_s=len(g) / s,
                    gsm8k_score_mean=float(total.mean()))
-    _, s = timed(lambda: in_thread(lambda: rewards.score(sols, **score_kw)), n)
+    _, s = time_it(lambda: in_thread(lambda: rewards.score(sols, **score_kw)),
+                   "gsm8k_score_thread")
     figures.update(gsm8k_score_thread_s=s, gsm8k_score_thread_per_s=len(g) / s)
 
     m = frames["math500_test"]
-    (total, _, _), s = timed(lambda: rewards.score(
+    (total, _, _), s = time_it(lambda: rewards.score(
         m["solution"].tolist(), answers=m["answer"].tolist(), sources=m["source"].tolist(),
-        token_counts=[100] * len(m), max_new_tokens=256, weights={"math_accuracy": 1.0}), n)
+        token_counts=[100] * len(m), max_new_tokens=256, weights={"math_accuracy": 1.0}),
+        "math500_score")
     figures.update(math500_score_s=s, math500_score_per_s=len(m) / s,
                    math500_accuracy_of_gold=float(total.mean()))
 
 
-def render_prompts(questions: list[str], repeats: int) -> dict[str, float]:
+def render_prompts(questions: list[str], time_it) -> dict[str, float]:
     """1,000 chat-template renders with SmolLM2's tokenizer (skipped if it is not installed)."""
     try:
         from transformers import AutoTokenizer
@@ -129,7 +135,8 @@ def render_prompts(questions: list[str], repeats: int) -> dict[str, float]:
         return {}
     from grpo_core.prompts import INSTRUCTIONS
     from grpo_core.prompts import render_prompts as render
-    _, s = timed(lambda: render(tok, questions, instruction=INSTRUCTIONS["hashes"]), repeats)
+    _, s = time_it(lambda: render(tok, questions, instruction=INSTRUCTIONS["hashes"]),
+                   "render_1000_prompts")
     return {"render_1000_prompts_s": s}
 
 
