@@ -91,6 +91,12 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 #   (`--set rollout.group_size=16 --set rollout.prompts_per_iteration=2`). 22% of groups had
 #   accuracy variance (11% at G = 8); the samples' accuracy stayed at 1.1-4.2% per 20
 #   iterations; test 2.2% -> 1.6% (CI -2.1 to +0.9), format 98.6%.
+# - NOT kept (2026-11-30, 127 iterations in 56 min): this recipe on the 1961 two-step problems
+#   (`--set 'data.train=[{name: gsm8k, split: train, max_steps: 2}]'`), which separates the
+#   two-step run's data from its lr. The step credit slowed the guessing but did not stop it:
+#   cross_prompt_answer_frac 0.31 -> 0.52, samples answering 10, 12, 15 or 20 16% -> 42%, and
+#   254 of 500 greedy test answers were 10, 12 or 15. Test 2.0% -> 3.2% (CI -0.6 to +3.0),
+#   format 98.8%; 14 gained, 8 lost, 2 right both times.
 RECIPE = {
     "data": {"prompt": {"few_shot": 1}},
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
