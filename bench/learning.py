@@ -499,7 +499,20 @@ def main() -> int:
         update_readme(readme_table(summary))
     else:
         save_json(summary, root / "learning.json")
+    drop_resume_state(root)
     return 0
+
+
+def drop_resume_state(root: Path) -> None:
+    """Both evaluations are written and the budget is spent, so `--resume` has nothing left to
+    continue: free the resume state (policy, Adam's moments, RNG; 1.6 GB for SmolLM2-135M).
+    Scratch folders kept for their rollouts and evaluations filled the disk otherwise."""
+    import shutil
+
+    resume = root / "models" / "grpo" / "resume"
+    if resume.is_dir():
+        shutil.rmtree(resume)
+        print(f"removed {resume}: the run is complete, so there is nothing to resume", flush=True)
 
 
 if __name__ == "__main__":

@@ -177,3 +177,15 @@ def test_every_headline_reads_the_figures_its_benchmark_stored():
         figures = json.loads((BENCH / "results" / f"{name}.json").read_text())
         line = digest(figures)
         assert line and any(ch.isdigit() for ch in line), (name, line)
+
+
+def test_a_complete_learning_run_frees_its_resume_state(tmp_path, capsys):
+    learning = _load("learning")
+    resume = tmp_path / "models" / "grpo" / "resume"
+    resume.mkdir(parents=True)
+    (resume / "learner.pt").write_bytes(b"state")
+    (tmp_path / "models" / "grpo" / "final").mkdir()
+    learning.drop_resume_state(tmp_path)
+    assert not resume.exists() and (tmp_path / "models" / "grpo" / "final").is_dir()
+    assert "nothing to resume" in capsys.readouterr().out
+    learning.drop_resume_state(tmp_path)  # a second call (nothing there) is a no-op
