@@ -4,6 +4,7 @@ scratch projects that run `grpo` as a user does (own params.yaml, MLflow sqlite,
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -102,6 +103,27 @@ def run_child(cmd: list[str], cwd: Path, env: dict | None = None, log: Path | No
 
 def median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else float("nan")
+
+
+def add_repeats_option(parser, *, quick: bool) -> None:
+    """--repeats N, the runs of each case the benchmarks take the median of: at least 1,
+    default 3 (1 under --quick where the benchmark has it: a smoke run). Read it back with
+    `repeats_of(args)`."""
+    def at_least_one(text: str) -> int:
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        return value
+
+    parser.add_argument("--repeats", type=at_least_one, default=None,
+                        help="runs of each case (default 3" + ("; --quick: 1)" if quick else ")"))
+
+
+def repeats_of(args) -> int:
+    """--repeats as given, else 1 under --quick, else 3."""
+    if args.repeats is not None:
+        return args.repeats
+    return 1 if getattr(args, "quick", False) else 3
 
 
 def timed_runs(fn, repeats: int) -> tuple[object, list[float]]:

@@ -29,19 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import median, timed_runs  # noqa: E402
+from common import add_repeats_option, median, repeats_of, timed_runs  # noqa: E402
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-
-def timed(fn, repeats: int, runs: dict[str, list[float]], name: str):
-    """-> (fn's value, the median wall-clock seconds of `repeats` calls); every call's
-    seconds go to runs[name]."""
-    value, seconds = timed_runs(fn, repeats)
-    runs[name] = [round(x, 4) for x in seconds]
-    return value, median(seconds)
 
 
 def in_thread(fn):
@@ -56,17 +48,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=os.environ.get("GRPO_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     ap.add_argument("--json", help="also write the figures here")
-    ap.add_argument("--repeats", type=int, default=3, help="runs of each timed step (default 3)")
+    add_repeats_option(ap, quick=False)
     args = ap.parse_args()
-    if args.repeats < 1:
-        ap.error(f"--repeats must be at least 1, got {args.repeats}")
-    n = args.repeats
-
+    n = repeats_of(args)
     figures: dict[str, float] = {}
     runs: dict[str, list[float]] = {}
+
+    def time_it(fn, name: str):
+        """-> (fn's value, the median seconds of n calls); every call's seconds go to runs."""
+        value, seconds = timed_runs(fn, n)
+        runs[name] = [round(x, 4) for x in seconds]
+        return value, median(seconds)
+
     out = Path(tempfile.mkdtemp(prefix="bench-data-"))
     try:
-        measure(args.data_dir, out, figures, lambda fn, name, k=n: timed(fn, k, runs, name))
+        measure(args.data_dir, out, figures, time_it)
     finally:
         shutil.rmtree(out, ignore_errors=True)
     width = max(map(len, figures))

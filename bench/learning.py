@@ -130,8 +130,8 @@ def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> di
 
 
 def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
-                 engine: str = "vllm", pass_rates_from: list[str] | None = None,
-                 sets: list[str] = ()) -> Path:
+                 engine: str = "vllm", chosen: dict = RECIPE) -> Path:
+    """root/params.yaml for this run: `chosen` (the recipe as run, see `recipe`) or QUICK."""
     import yaml
 
     sft = REPO / "models" / "sft"
@@ -145,7 +145,7 @@ def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
         "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
                      "experiment": "learning"},
     }
-    for section, values in (QUICK if quick else recipe(pass_rates_from, sets)).items():
+    for section, values in (QUICK if quick else chosen).items():
         params.setdefault(section, {}).update(values)
     params["train"] = {**RECIPE["train"], **params.get("train", {}), "max_minutes": minutes,
                        "output_dir": str(root / "models" / "grpo")}
@@ -429,9 +429,9 @@ def main() -> int:
         return 0
     args.reuse_evals = args.reuse_evals or args.resume
     root = Path(args.workdir).resolve()
+    chosen = recipe(args.pass_rates_from, args.sets)
     params = write_params(root, minutes=args.minutes, eval_rows=args.eval_rows, quick=args.quick,
-                          engine=args.engine, pass_rates_from=args.pass_rates_from,
-                          sets=args.sets)
+                          engine=args.engine, chosen=chosen)
     env = project_env(root)
     py, grpo = str(BIN / "python"), str(BIN / "grpo")
     steps = [("prepare", [grpo, "prepare"]), ("checkpoint", [grpo, "checkpoint"])]
@@ -487,7 +487,7 @@ def main() -> int:
         "iterations": iterations, "train_minutes": train["seconds"] / 60,
         "train_peak_rss_gb": train["peak_rss_gb"], "budget_minutes": args.minutes,
         "load_avg": train.get("load_avg", load_avg()),
-        "recipe": recipe(args.pass_rates_from, args.sets), "pass_rates": filter_line(root),
+        "recipe": chosen, "pass_rates": filter_line(root),
         "eval_subset": f"GSM8K test rows 0-{args.eval_rows - 1} (file order)",
         "png": str(png), "after_rows": args.after_rows, "engine": args.engine,
         "resumed": train.get("resumed"),

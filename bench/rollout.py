@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
-from common import median  # noqa: E402
+from common import add_repeats_option, median, repeats_of  # noqa: E402
 for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                    "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
     os.environ.setdefault(key, value)
@@ -74,7 +74,7 @@ def workloads(engine, tokenizer, gsm8k_prompts: int, repeats: int) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="16 GSM8K prompts instead of 200")
-    p.add_argument("--repeats", type=int, default=None, help="runs of each case (default 3; --quick: 1)")
+    add_repeats_option(p, quick=True)
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--model", default=str(REPO / "models" / "sft"), help="materialised SFT dir")
@@ -89,9 +89,7 @@ def main() -> int:
 
     model_dir = materialize("bundled:smollm2-135m-instruct", args.model)
     n_gsm8k = 16 if args.quick else 200
-    repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
-    if repeats < 1:
-        p.error(f"--repeats must be at least 1, got {repeats}")
+    repeats = repeats_of(args)
     args.dtype = resolve_dtype(args.dtype)
     figures: dict = {"dtype": args.dtype, "threads": torch.get_num_threads(), "repeats": repeats}
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from common import median, timed_runs  # noqa: E402
+from common import add_repeats_option, median, repeats_of, timed_runs  # noqa: E402
 
 
 def cases(quick: bool, repeats: int) -> list[dict]:
@@ -142,7 +142,7 @@ def label(r: dict) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--repeats", type=int, default=None, help="runs of each case (default 3; --quick: 1)")
+    add_repeats_option(p, quick=True)
     p.add_argument("--json", metavar="PATH")
     p.add_argument("--model-dir", help="HF directory (default: materialise the bundled SmolLM2)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -150,9 +150,7 @@ def main() -> int:
     if args.worker:
         print("RESULT " + json.dumps(worker(json.loads(args.worker), args.model_dir)))
         return 0
-    repeats = args.repeats if args.repeats is not None else 1 if args.quick else 3
-    if repeats < 1:
-        p.error(f"--repeats must be at least 1, got {repeats}")
+    repeats = repeats_of(args)
     where = model_dir(args.model_dir)
     results = []
     print(f"{'case':<34} {'rows':>4} {'tokens':>6} {'seconds':>8} {'peak MB':>8}  runs (s)")

@@ -146,6 +146,23 @@ def test_timed_runs_calls_each_repeat_and_keeps_every_time():
         raise AssertionError("repeats=0 was accepted")
 
 
+def test_repeats_option_defaults_to_three_one_under_quick_and_refuses_zero(capsys):
+    import argparse
+
+    import pytest
+    from common import add_repeats_option, repeats_of
+
+    parser = argparse.ArgumentParser(prog="bench")
+    parser.add_argument("--quick", action="store_true")
+    add_repeats_option(parser, quick=True)
+    assert repeats_of(parser.parse_args([])) == 3
+    assert repeats_of(parser.parse_args(["--quick"])) == 1
+    assert repeats_of(parser.parse_args(["--quick", "--repeats", "5"])) == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--repeats", "0"])
+    assert "--repeats: must be at least 1, got 0" in capsys.readouterr().err
+
+
 def test_update_step_repeats_each_case_without_accumulating_gradients(tiny_llama):
     """The log-prob case runs forward + backward `repeats` times; each run starts from zeroed
     gradients, so the timed work is the same every time (and equal to a single run)."""
