@@ -76,7 +76,8 @@ def main() -> None:
 def measure(data_dir: str, out: Path, figures: dict[str, float], time_it) -> None:
     """Time each step with `time_it(fn, name) -> (value, seconds)` into `figures`, working in
     `out`."""
-    from grpo_core import data, rewards
+    from grpo_core.data import sources as data
+    from grpo_core.rewards import functions as rewards
 
     splits = [("gsm8k", "train"), ("gsm8k", "test"), ("math", "train"), ("math", "test"),
               ("math500", "test")]
@@ -85,7 +86,7 @@ def measure(data_dir: str, out: Path, figures: dict[str, float], time_it) -> Non
     figures.update(prepare_s=s, prepare_rows=rows, prepare_rows_per_s=rows / s)
 
     _, (figures["gx_import_s"],) = timed_runs(lambda: __import__("great_expectations"), 1)
-    from grpo_core.validation import validate
+    from grpo_core.data.validation import validate
     subset = {k: paths[k] for k in ("gsm8k_train", "math_train", "gsm8k_test", "math500_test")}
     kw = dict(train_names=["gsm8k_train", "math_train"], eval_names=["gsm8k_test", "math500_test"])
     (_, ok), s = time_it(lambda: validate(subset, **kw), "validate")
@@ -129,8 +130,8 @@ def render_prompts(questions: list[str], time_it) -> dict[str, float]:
     except Exception as exc:  # noqa: BLE001 - an optional figure
         print(f"render_prompts skipped: {exc}", file=sys.stderr)
         return {}
-    from grpo_core.prompts import INSTRUCTIONS
-    from grpo_core.prompts import render_prompts as render
+    from grpo_core.data.prompts import INSTRUCTIONS
+    from grpo_core.data.prompts import render_prompts as render
     _, s = time_it(lambda: render(tok, questions, instruction=INSTRUCTIONS["hashes"]),
                    "render_1000_prompts")
     return {"render_1000_prompts_s": s}

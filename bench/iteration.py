@@ -24,7 +24,7 @@ PHASES = ("rollout", "reward", "reference", "update", "sync")
 
 
 def measure(root: Path, iterations: int, overrides: list[str]) -> dict:
-    from grpo_core.checkpoint import materialize
+    from grpo_core.checkpoints.sft import materialize
 
     sft = materialize("bundled:smollm2-135m-instruct", REPO / "models" / "sft")
     params = {

@@ -41,7 +41,7 @@ from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_chil
 #   cannot outweigh it; in the (common) groups where only the format varies, the group-normalised
 #   advantage is the same whatever the format weight, so the format is learned as fast;
 # - beta 0 (as DAPO and Dr. GRPO): no reference forward, and rows with zero advantage skip the
-#   model (grpo_core.trainer), so more iterations fit in the wall-clock budget;
+#   model (grpo_core.algorithm.learner), so more iterations fit in the wall-clock budget;
 # - lr 5e-6, the rate that learned the format within 30 iterations there;
 # - 200 new tokens in training (evaluation allows 256): a completion cut before its '####' line
 #   earns no format reward, which teaches the model to conclude in time;
@@ -165,8 +165,8 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
 
     from flows.session import _engine_options, _load_data
     from grpo_core.config import load_config
-    from grpo_core.evaluation import evaluate_frame
-    from grpo_core.prompts import render_prompts
+    from grpo_core.evaluation.metrics import evaluate_frame
+    from grpo_core.data.prompts import render_prompts
     from grpo_core.rollout import make_engine
 
     cfg = load_config(params)
@@ -197,7 +197,7 @@ def mark_formatted(result: dict, answer_format: str) -> dict:
     its half credit (one such line anywhere); `any_hashes_line`, the lax criterion of
     ENVIRONMENT.md's baseline (some line starts with '####' and a number). Reused evaluations
     are re-marked, so a change of the criteria reaches them too."""
-    from grpo_core.rewards import _FORMATS, _HALF_FORMATS, _has_number
+    from grpo_core.rewards.functions import _FORMATS, _HALF_FORMATS, _has_number
 
     def any_line(text: str) -> bool:
         return any(line.strip().startswith("####") and _has_number(line.strip()[4:])
@@ -267,7 +267,7 @@ def spent_before_resume(root: Path) -> dict:
     iteration's metric log}."""
     from mlflow.tracking import MlflowClient
 
-    from grpo_core.state import read_meta
+    from grpo_core.checkpoints.resume import read_meta
 
     meta = read_meta(root / "models" / "grpo" / "resume")  # as `grpo train --resume` finds it
     if meta is None:

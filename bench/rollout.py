@@ -83,8 +83,8 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from grpo_core.checkpoint import materialize
-    from grpo_core.hardware import resolve_dtype
+    from grpo_core.checkpoints.sft import materialize
+    from grpo_core.parallel.hardware import resolve_dtype
     from grpo_core.rollout import SamplingSettings, make_engine
 
     model_dir = materialize("bundled:smollm2-135m-instruct", args.model)

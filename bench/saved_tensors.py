@@ -27,7 +27,7 @@ from update_step import model_dir  # noqa: E402
 
 def saved_bytes(model, ids, attention, completion_mask, *, bf16: bool) -> dict[str, int]:
     """{'kind/dtype': bytes} of the tensors the forward saves for backward."""
-    from grpo_core.logprobs import token_logprobs
+    from grpo_core.algorithm.logprobs import token_logprobs
 
     params = {p.data_ptr() for p in model.parameters()}
     shapes = {tuple(p.shape) for p in model.parameters()}

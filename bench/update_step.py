@@ -57,7 +57,7 @@ def peak_mb(device) -> float:
 def make_batch(case: dict, vocab: int, seed: int = 0):
     import torch
 
-    from grpo_core.batch import build_batch
+    from grpo_core.algorithm.batch import build_batch
 
     g = torch.Generator().manual_seed(seed)
     rows = case["rows"]
@@ -91,8 +91,8 @@ def _rss_mb() -> float:
 
 
 def _run_update(model, batch, case):
-    from grpo_core.optim import UpdateHyper
-    from grpo_core.trainer import Learner
+    from grpo_core.algorithm.optim import UpdateHyper
+    from grpo_core.algorithm.learner import Learner
 
     hyper = UpdateHyper(autocast=case["autocast"], micro_batch_size=case["micro"],
                         gradient_checkpointing=case["ckpt"], learning_rate=1e-6)
@@ -104,7 +104,7 @@ def _run_update(model, batch, case):
 def _run_logprobs(model, batch, case):
     import torch
 
-    from grpo_core.logprobs import naive_token_logprobs, token_logprobs
+    from grpo_core.algorithm.logprobs import naive_token_logprobs, token_logprobs
 
     args = (model, batch.input_ids, batch.attention_mask, batch.completion_mask)
 
@@ -126,7 +126,7 @@ def _run_logprobs(model, batch, case):
 def model_dir(arg: str | None) -> str:
     if arg:
         return arg
-    from grpo_core.checkpoint import materialize
+    from grpo_core.checkpoints.sft import materialize
 
     return str(materialize("bundled:smollm2-135m-instruct", ROOT / "models" / "sft"))
 

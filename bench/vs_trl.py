@@ -51,7 +51,7 @@ TRL_LOSS = {"token_mean": "dapo", "seq_mean_token_mean": "grpo",
 
 
 def sft_dir() -> str:
-    from grpo_core.checkpoint import materialize
+    from grpo_core.checkpoints.sft import materialize
 
     return str(materialize("bundled:smollm2-135m-instruct", REPO / "models" / "sft"))
 
@@ -105,8 +105,8 @@ def wall_periods(root: Path) -> list[float]:
 # ------------------------------------------------------------------------------- TRL
 def trl_rewards():
     """Our reward functions in TRL's calling convention (conversational completions)."""
-    from grpo_core.answers import gsm8k_correct
-    from grpo_core.rewards import _FORMATS
+    from grpo_core.rewards.answers import gsm8k_correct
+    from grpo_core.rewards.functions import _FORMATS
 
     def text(c):
         return c[0]["content"] if isinstance(c, list) else c
@@ -124,7 +124,7 @@ def trl_dataset(n: int):
     from datasets import Dataset
 
     from grpo_core.config import PromptConfig
-    from grpo_core.prompts import messages
+    from grpo_core.data.prompts import messages
 
     instruction = PromptConfig().instruction
     rows = []
@@ -190,7 +190,7 @@ def _on_off(flag: bool) -> str:
 
 def default_trl_precisions() -> str:
     """float32, and bfloat16 too where the hardware multiplies it natively."""
-    from grpo_core.hardware import fast_dtype
+    from grpo_core.parallel.hardware import fast_dtype
 
     return "float32" + (",bfloat16" if fast_dtype() == "bfloat16" else "")
 
@@ -248,7 +248,7 @@ def main() -> int:
     precisions = (args.trl_precisions or default_trl_precisions()).split(",")
     if not set(precisions) <= {"float32", "bfloat16"}:
         sys.exit(f"--trl-precisions: expected float32 and/or bfloat16, got {args.trl_precisions}")
-    from grpo_core.hardware import fast_dtype
+    from grpo_core.parallel.hardware import fast_dtype
 
     model, root = sft_dir(), Path(args.workdir)
     res = {"steps": args.steps, "loss": args.loss, "shape": SHAPE, "load_before": load_avg(),

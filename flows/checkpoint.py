@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from grpo_core.checkpoint import materialize, read_marker
+from grpo_core.checkpoints.sft import materialize, read_marker
 from grpo_core.config import Config
 
 

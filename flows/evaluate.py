@@ -22,7 +22,7 @@ def evaluate_sets(engine, render, sets: dict, *, max_new_tokens: int, samples: i
     """{dataset name: metrics} for each {name: processed rows} with prompts from `render`."""
     from tqdm.auto import tqdm
 
-    from grpo_core.evaluation import evaluate_frame
+    from grpo_core.evaluation.metrics import evaluate_frame
 
     results = {}
     for name, frame in tqdm(sets.items(), desc="evaluate", unit="set", leave=False):
@@ -82,7 +82,7 @@ def format_table(results: dict[str, dict]) -> str:
 def evaluate_checkpoint(params: str, overrides: list[str], checkpoint: str) -> dict:
     from transformers import AutoTokenizer
 
-    from grpo_core.prompts import render_prompts
+    from grpo_core.data.prompts import render_prompts
     from grpo_core.rollout import make_engine
     from flows.session import _engine_options, _load_data
 

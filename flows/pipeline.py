@@ -30,7 +30,7 @@ def prepare_task(params: str, overrides: list[str]) -> dict[str, str]:
 @task(name="validate", **THIN)
 def validate_task(params: str, overrides: list[str]) -> str:
     from flows.validate import run
-    from grpo_core.validation import summary
+    from grpo_core.data.validation import summary
 
     cfg = load_config(params, overrides)
     report, ok = run(cfg)
@@ -43,7 +43,7 @@ def validate_task(params: str, overrides: list[str]) -> str:
 
 @task(name="checkpoint", **THIN)
 def checkpoint_task(params: str, overrides: list[str]) -> str:
-    from grpo_core.checkpoint import materialize
+    from grpo_core.checkpoints.sft import materialize
 
     c = load_config(params, overrides).checkpoint
     return str(materialize(c.source, c.output_dir, trust_remote_code=c.trust_remote_code))

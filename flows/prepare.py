@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from grpo_core import data
+from grpo_core.data import sources as data
 from grpo_core.config import Config
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 
 from flows.tracking import Tracker, advantage_figure, provenance_tags, tracking_uri
-from grpo_core import distributed
+from grpo_core.parallel import distributed
 from grpo_core.config import Config
 from grpo_core.errors import UserError
 
@@ -62,7 +62,7 @@ class LiveRun:
         return Path(self.cfg.train.output_dir)
 
     def render(self, questions: list[str]) -> list[str]:
-        from grpo_core.prompts import render_prompts
+        from grpo_core.data.prompts import render_prompts
 
         p = self.cfg.data.prompt
         return render_prompts(self.tokenizer, questions, system=p.system,
@@ -112,12 +112,12 @@ def open_run(cfg: Config, *, resume: bool) -> LiveRun:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from grpo_core.checkpoint import materialize
-    from grpo_core.optim import UpdateHyper
-    from grpo_core.rewards import check_functions
+    from grpo_core.checkpoints.sft import materialize
+    from grpo_core.algorithm.optim import UpdateHyper
+    from grpo_core.rewards.functions import check_functions
     from grpo_core.rollout import make_engine
-    from grpo_core.state import load_state
-    from grpo_core.trainer import Learner
+    from grpo_core.checkpoints.resume import load_state
+    from grpo_core.algorithm.learner import Learner
 
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)  # fail before loading
     mixture, eval_sets, few_shot = _load_data(cfg)
@@ -188,9 +188,9 @@ def _processed_files(cfg: Config) -> dict[str, Path]:
 
 def _load_data(cfg: Config):
     """(training mixture, {eval name: rows}, few-shot pairs) from the processed files."""
-    from grpo_core.data import (MixturePart, describe_limits, load_processed, processed_name,
+    from grpo_core.data.sources import (MixturePart, describe_limits, load_processed, processed_name,
                                 training_mixture, within_difficulty)
-    from grpo_core.prompts import few_shot_examples
+    from grpo_core.data.prompts import few_shot_examples
 
     files = _processed_files(cfg)
     frames = {name: load_processed(path) for name, path in files.items()}
@@ -214,7 +214,7 @@ def _training_rows(cfg: Config, mixture: pd.DataFrame) -> pd.DataFrame:
     """The mixture, less what `data.pass_rates` filters out. Applied after `_load_data` chose
     the worked examples, so the prompt stays the one the rates were measured with; evaluation
     never reads the earlier rollouts."""
-    from grpo_core.pass_rates import filter_mixture
+    from grpo_core.data.pass_rates import filter_mixture
 
     f = cfg.data.pass_rates
     if f is None:
@@ -229,7 +229,7 @@ def _training_rows(cfg: Config, mixture: pd.DataFrame) -> pd.DataFrame:
 
 def save_resume_state(run: LiveRun, iteration: int) -> Path | None:
     """Every rank calls it (FSDP2 gathers the state collectively); rank 0 writes."""
-    from grpo_core.state import save_state
+    from grpo_core.checkpoints.resume import save_state
 
     state = run.learner.state_dict()
     if not distributed.is_main():

@@ -24,9 +24,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows import session
 from flows.session import LIVE
-from grpo_core import distributed
+from grpo_core.parallel import distributed
 from grpo_core.config import Config, load_config
-from grpo_core.iteration import (advantages_for, draw_prompts, record_columns, rollout_metrics,
+from grpo_core.algorithm.experience import (advantages_for, draw_prompts, record_columns, rollout_metrics,
                                  score_groups, update_batch)
 
 THIN = dict(cache_policy=NO_CACHE, persist_result=False)
@@ -77,7 +77,7 @@ def update_task(key: str, iteration: int) -> dict[str, float]:
     dropped first when `algorithm.filter_zero_variance` is on)."""
     import torch
 
-    from grpo_core.advantages import zero_variance_groups
+    from grpo_core.algorithm.advantages import zero_variance_groups
 
     run = LIVE[key]
     s, algo = run.scratch, run.cfg.algorithm

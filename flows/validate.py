@@ -17,7 +17,7 @@ from grpo_core.errors import UserError
 
 
 def run(cfg: Config) -> tuple[dict, bool]:
-    from grpo_core import validation
+    from grpo_core.data import validation
 
     train = processed_paths(cfg, train_splits(cfg))
     evals = processed_paths(cfg, eval_splits(cfg))
@@ -33,7 +33,7 @@ def run(cfg: Config) -> tuple[dict, bool]:
 
 
 def cli(cfg: Config, args: argparse.Namespace) -> int:
-    from grpo_core.validation import summary
+    from grpo_core.data.validation import summary
 
     report, ok = run(cfg)
     docs = f", Data Docs {report['data_docs']}" if report.get("data_docs") else ""

@@ -75,7 +75,7 @@ def smollm2_tokenizer():
 def sft_dir(tmp_path_factory) -> Path:
     """The bundled SmolLM2-135M-Instruct materialised once per session as a plain safetensors
     HF directory (float32, tokenizer, chat template; ~20-40 s the first time)."""
-    from grpo_core.checkpoint import materialize
+    from grpo_core.checkpoints.sft import materialize
 
     return materialize("bundled:smollm2-135m-instruct", tmp_path_factory.mktemp("sft") / "sft")
 

@@ -8,7 +8,7 @@ import typing
 import pytest
 import torch
 
-from grpo_core.advantages import ADVANTAGES, group_advantages, zero_variance_groups
+from grpo_core.algorithm.advantages import ADVANTAGES, group_advantages, zero_variance_groups
 from grpo_core.config import AlgorithmConfig
 from grpo_core.errors import UserError
 
@@ -107,8 +107,8 @@ def test_integer_rewards_give_float_advantages():
 
 
 def test_config_choices_equal_registry_keys():
-    from grpo_core.losses import AGGREGATIONS, RATIO_LEVELS
-    from grpo_core.optim import SCHEDULES
+    from grpo_core.algorithm.losses import AGGREGATIONS, RATIO_LEVELS
+    from grpo_core.algorithm.optim import SCHEDULES
     from grpo_core.config import TrainConfig
 
     def choices(model, field):

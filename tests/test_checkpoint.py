@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from grpo_core import checkpoint
-from grpo_core.checkpoint import FALLBACK_CHAT_TEMPLATE, MARKER, materialize, read_marker
+from grpo_core.checkpoints import sft as checkpoint
+from grpo_core.checkpoints.sft import FALLBACK_CHAT_TEMPLATE, MARKER, materialize, read_marker
 from grpo_core.errors import UserError
 from tests.conftest import bundled_gguf, tiny_llama_config
 
@@ -66,7 +66,7 @@ def test_same_source_is_reused(sft_dir):
 def test_local_dir_without_chat_template_gets_the_fallback_once(local_dir, tmp_path, caplog):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with caplog.at_level(logging.WARNING, logger="grpo_core.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="grpo_core.checkpoints.sft"):
         out = materialize(str(local_dir), tmp_path / "sft")
         materialize(str(local_dir), tmp_path / "sft")  # reused: no second warning
     assert sum("no chat template" in r.message for r in caplog.records) == 1

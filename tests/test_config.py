@@ -262,6 +262,6 @@ def test_repository_params_yaml_is_valid_and_complete():
 def load_config_dict(path: Path) -> dict:
     import yaml
 
-    from grpo_core.config import _flatten
+    from grpo_core.config import flatten as _flatten
 
     return dict(_flatten(yaml.safe_load(path.read_text())))

@@ -8,7 +8,7 @@ import typing
 import pandas as pd
 import pytest
 
-from grpo_core import data
+from grpo_core.data import sources as data
 from grpo_core.config import DatasetSpec, load_config
 from grpo_core.errors import UserError
 

@@ -16,13 +16,13 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from grpo_core import distributed, sharding
-from grpo_core.advantages import group_advantages
-from grpo_core.batch import build_batch
+from grpo_core.parallel import distributed, sharding
+from grpo_core.algorithm.advantages import group_advantages
+from grpo_core.algorithm.batch import build_batch
 from grpo_core.errors import UserError
-from grpo_core.iteration import advantages_for
-from grpo_core.optim import UpdateHyper
-from grpo_core.trainer import Learner
+from grpo_core.algorithm.experience import advantages_for
+from grpo_core.algorithm.optim import UpdateHyper
+from grpo_core.algorithm.learner import Learner
 from tests.conftest import tiny_llama_config
 
 P, G, WORLD = 4, 3, 2
@@ -234,7 +234,7 @@ def test_single_process_helpers_are_identities():
 # ----------------------------------------------------------------------------- failures
 SCRIPT = """
 import os, sys, time, torch
-from grpo_core import distributed
+from grpo_core.parallel import distributed
 from grpo_core.errors import UserError
 distributed.init_from_env(float(sys.argv[2]))
 if distributed.rank() == 1:

@@ -5,7 +5,7 @@ from itertools import combinations
 import pytest
 import torch
 
-from grpo_core.evaluation import breakdown, majority_vote, pass_at_k, summarize
+from grpo_core.evaluation.metrics import breakdown, majority_vote, pass_at_k, summarize
 
 
 def brute_pass_at_k(row: list[bool], k: int) -> float:

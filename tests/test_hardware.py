@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grpo_core import hardware
+from grpo_core.parallel import hardware
 
 
 @pytest.mark.parametrize("flags, native", [

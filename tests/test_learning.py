@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from grpo_core.advantages import group_advantages
-from grpo_core.batch import build_batch
-from grpo_core.optim import UpdateHyper
-from grpo_core.trainer import Learner
+from grpo_core.algorithm.advantages import group_advantages
+from grpo_core.algorithm.batch import build_batch
+from grpo_core.algorithm.optim import UpdateHyper
+from grpo_core.algorithm.learner import Learner
 
 DIGIT0 = 3  # tokens 3..12 are the digits 0..9 (0, 1, 2 are pad, bos, eos)
 

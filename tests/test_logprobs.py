@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from grpo_core.batch import build_batch
-from grpo_core.logprobs import naive_token_logprobs, token_logprobs
+from grpo_core.algorithm.batch import build_batch
+from grpo_core.algorithm.logprobs import naive_token_logprobs, token_logprobs
 
 PROMPTS = [[1, 40, 41], [1, 50, 51, 52, 53], [1], [1, 60, 61, 62, 63, 64, 65]]
 COMPLETIONS = [[70, 71, 72, 73], [80], [90, 91, 92, 93, 94, 95], [100, 101, 102]]
@@ -97,7 +97,7 @@ def group_batch():
 
 
 def test_prompt_chunks_never_mix_prompts():
-    from grpo_core.batch import prompt_chunks
+    from grpo_core.algorithm.batch import prompt_chunks
 
     b = group_batch()
     assert [c.tolist() for c in prompt_chunks(b, torch.arange(6), 2)] == [[0, 1], [2], [3, 4], [5]]
@@ -108,7 +108,7 @@ def test_prompt_chunks_never_mix_prompts():
 def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
     """Values, gradients and entropy of a group's micro-batch with its prompt run once equal
     the plain forward's; the backbone then sees the prompt once (1 row), not per sample."""
-    from grpo_core.batch import prompt_chunks
+    from grpo_core.algorithm.batch import prompt_chunks
 
     b = group_batch()
     results = {}
@@ -145,7 +145,7 @@ def test_shared_prompt_forward_under_gradient_checkpointing(tiny_llama_factory):
     pass is checkpointed, reading the prompt's keys/values from a read-only cache: values and
     gradients equal the plain forward's, and a decoder layer runs 3 times per micro-batch
     (prompt, completions, completions replayed in backward)."""
-    from grpo_core.batch import prompt_chunks
+    from grpo_core.algorithm.batch import prompt_chunks
 
     model = tiny_llama_factory()
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

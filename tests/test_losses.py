@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from grpo_core.losses import AGGREGATIONS, aggregate, policy_loss, token_kl, token_weights
+from grpo_core.algorithm.losses import AGGREGATIONS, aggregate, policy_loss, token_kl, token_weights
 
 LN = math.log
 

@@ -7,7 +7,7 @@ import pytest
 
 from grpo_core.config import load_config
 from grpo_core.errors import UserError
-from grpo_core.pass_rates import filter_mixture, pass_rates, read_samples, rollout_files
+from grpo_core.data.pass_rates import filter_mixture, pass_rates, read_samples, rollout_files
 
 
 def write_rollouts(path, samples: dict[str, list[float]], reward="gsm8k_accuracy"):

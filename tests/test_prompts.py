@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from grpo_core.errors import UserError
-from grpo_core.prompts import INSTRUCTIONS, few_shot_examples, render_prompt, render_prompts
+from grpo_core.data.prompts import INSTRUCTIONS, few_shot_examples, render_prompt, render_prompts
 
 Q = "Natalia sold 48 clips in April and half as many in May. How many in total?"
 

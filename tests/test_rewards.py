@@ -8,8 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from grpo_core import data, rewards
-from grpo_core.answers import gsm8k_intermediates, is_correct, last_boxed, numbers_in
+from grpo_core.data import sources as data
+
+from grpo_core.rewards import functions as rewards
+from grpo_core.rewards.answers import gsm8k_intermediates, is_correct, last_boxed, numbers_in
 from grpo_core.config import RewardConfig, load_config
 from grpo_core.errors import UserError
 
@@ -205,7 +207,7 @@ def test_gsm8k_steps_is_zero_where_it_has_nothing_to_check():
 # ------------------------------------------------------------ failures and limits
 USER_MODULE = '''
 import time
-from grpo_core.rewards import per_completion
+from grpo_core.rewards.functions import per_completion
 
 @per_completion
 def picky(completion, **_):

@@ -18,7 +18,7 @@ from grpo_core.errors import UserError
 from grpo_core.rollout import (SamplingSettings, encode_prompts, kv_bytes_per_token,
                                kv_cache_tokens, make_engine)
 from grpo_core.rollout.records import COLUMNS, to_frame, write_records
-from grpo_core.weights import hf_weights
+from grpo_core.parallel.weights import hf_weights
 
 pytestmark = pytest.mark.slow
 
@@ -219,7 +219,7 @@ def test_unknown_engine_is_a_user_error(sft_dir):
 
 
 def test_evaluation_with_every_prompt_skipped_is_an_error(engine, prompts):
-    from grpo_core.evaluation import evaluate_frame
+    from grpo_core.evaluation.metrics import evaluate_frame
 
     frame = pd.DataFrame({"answer": ["5"], "source": ["gsm8k"]})
     engine.max_prompt_tokens = 8  # shorter than any chat-templated prompt

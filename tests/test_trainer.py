@@ -8,13 +8,13 @@ import copy
 import pytest
 import torch
 
-from grpo_core.advantages import group_advantages
-from grpo_core.batch import build_batch
+from grpo_core.algorithm.advantages import group_advantages
+from grpo_core.algorithm.batch import build_batch
 from grpo_core.config import AlgorithmConfig, TrainConfig
-from grpo_core.logprobs import naive_token_logprobs, token_logprobs
-from grpo_core.losses import AGGREGATIONS
-from grpo_core.optim import UpdateHyper, lr_factor
-from grpo_core.trainer import Learner
+from grpo_core.algorithm.logprobs import naive_token_logprobs, token_logprobs
+from grpo_core.algorithm.losses import AGGREGATIONS
+from grpo_core.algorithm.optim import UpdateHyper, lr_factor
+from grpo_core.algorithm.learner import Learner
 
 P, G = 2, 4
 

@@ -8,9 +8,9 @@ import json
 import pandas as pd
 import pytest
 
-from grpo_core import data
+from grpo_core.data import sources as data
 from grpo_core.errors import UserError
-from grpo_core.validation import summary, validate, write_html, write_report
+from grpo_core.data.validation import summary, validate, write_html, write_report
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import copy
 
 import torch
 
-from grpo_core.weights import hf_weights
+from grpo_core.parallel.weights import hf_weights
 
 
 def test_plain_model_is_its_state_dict(tiny_llama):

@@ -188,7 +188,7 @@ def make_engine(kind: str, model_dir, **options) -> RolloutEngine:
     max_prompt_tokens, overlong_prompts, cpu_kv_cache_gib, gpu_memory_utilization,
     tensor_parallel_size, sleep_mode); each engine ignores the ones it has no use for.
     dtype 'auto' becomes bfloat16 where the hardware has it natively, else float32."""
-    from grpo_core.hardware import resolve_dtype
+    from grpo_core.parallel.hardware import resolve_dtype
 
     target = ENGINES.get(kind)
     if target is None:

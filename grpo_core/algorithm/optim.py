@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 
-from grpo_core.logprobs import DEFAULT_CHUNK_TOKENS
+from grpo_core.algorithm.logprobs import DEFAULT_CHUNK_TOKENS
 
 
 @dataclass(frozen=True)

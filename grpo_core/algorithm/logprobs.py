@@ -1,6 +1,6 @@
 """Per-token log-probabilities of completion tokens under a causal LM, memory-lean.
 
-Layout (see `grpo_core.batch`): the completion tokens are the LAST `T` columns of
+Layout (see `grpo_core.algorithm.batch`): the completion tokens are the LAST `T` columns of
 `input_ids` (prompts left-padded, completions right-padded), and `completion_mask (B, T)`
 marks the real ones. The logit that predicts column `L - T + t` sits at column
 `L - T + t - 1`, so one slice of the backbone's hidden states covers every completion token.
@@ -179,7 +179,7 @@ def _layers_set(backbone: nn.Module, **values) -> Iterator[None]:
 class TokenLogprobs(nn.Module):
     """`token_logprobs(lm, ...)` as a module call. FSDP2 gathers a module's parameters in its
     forward hooks; `token_logprobs` calls the backbone and the LM head separately, so under
-    FSDP2 it must run inside the forward of a wrapped root (`grpo_core.sharding`)."""
+    FSDP2 it must run inside the forward of a wrapped root (`grpo_core.parallel.sharding`)."""
 
     def __init__(self, lm: nn.Module):
         super().__init__()

@@ -232,7 +232,7 @@ def _ensure_chat_template(tokenizer, source: str) -> str:
         return "own"
     tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     log.warning("%s: the tokenizer has no chat template; using the fallback template "
-                "('role: content' blocks, see grpo_core.checkpoint)", source)
+                "('role: content' blocks, see grpo_core.checkpoints.sft)", source)
     return "fallback"
 
 

@@ -16,10 +16,10 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from grpo_core.advantages import group_advantages, zero_variance_groups
-from grpo_core.answers import extract_number_answer, to_number
-from grpo_core.batch import RolloutBatch, build_batch
-from grpo_core.rewards import score
+from grpo_core.algorithm.advantages import group_advantages, zero_variance_groups
+from grpo_core.rewards.answers import extract_number_answer, to_number
+from grpo_core.algorithm.batch import RolloutBatch, build_batch
+from grpo_core.rewards.functions import score
 
 
 def draw_prompts(mixture: pd.DataFrame, iteration: int, count: int, seed: int) -> pd.DataFrame:

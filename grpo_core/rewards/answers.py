@@ -9,7 +9,7 @@ and "1000" agree (the paper's own verifier was a trained model, not a string mat
 MATH (Hendrycks et al., arXiv 2103.03874) answers are the last `\\boxed{...}` of the solution with
 balanced braces; equivalence is decided by math-verify (symbolic and numeric), not by the
 paper's string normalisation. math-verify's own signal-based timeouts are switched off here:
-the caller (`grpo_core.rewards.score`) enforces the time limit, in any thread.
+the caller (`grpo_core.rewards.functions.score`) enforces the time limit, in any thread.
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def _parse_gold(gold: str) -> list:
 def _math_verify():
     """math-verify's parse and verify, imported on first use (sympy costs about a second).
     Its one-time warning that its timeout is off is silenced: the limit is enforced by
-    `grpo_core.rewards.call_with_limit`, which also works outside the main thread."""
+    `grpo_core.rewards.functions.call_with_limit`, which also works outside the main thread."""
     import math_verify.grader
     import math_verify.parser
 

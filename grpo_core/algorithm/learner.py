@@ -3,7 +3,7 @@
 An iteration (DeepSeekMath, arXiv 2402.03300, Algorithm 1, inner loop) runs `mu` epochs over
 the same rollouts; each epoch is ONE optimizer step whose gradient is accumulated over
 micro-batches. The per-token weights of the chosen reduction are computed over the whole
-batch first (`grpo_core.losses.token_weights`), so the accumulated gradient equals the
+batch first (`grpo_core.algorithm.losses.token_weights`), so the accumulated gradient equals the
 full-batch gradient for every aggregation mode.
 
 Choices that depart from or refine the paper:
@@ -24,13 +24,13 @@ Choices that depart from or refine the paper:
 - A non-finite loss or gradient norm skips the optimizer step (counted in `skipped`).
 - Under `torchrun` (world size > 1) each rank updates on its shard of whole groups: the
   normalisers are global, gradients are summed over ranks before clipping, and metrics are
-  reduced, so every rank takes the single-process step (`grpo_core.distributed`). A rank with
+  reduced, so every rank takes the single-process step (`grpo_core.parallel.distributed`). A rank with
   no rows this iteration calls `update(None)` to take part. With one process no
   collective runs.
 - `data_parallel`: `replicate` keeps a full replica per rank and sums gradients with one
-  bucketed all-reduce after accumulation (DDP's algorithm; see `grpo_core.distributed` for why
+  bucketed all-reduce after accumulation (DDP's algorithm; see `grpo_core.parallel.distributed` for why
   not the DDP wrapper); `fsdp2` shards parameters, gradients and Adam state
-  (`grpo_core.sharding`), and every rank then runs the same number of passes.
+  (`grpo_core.parallel.sharding`), and every rank then runs the same number of passes.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from grpo_core import distributed, sharding
-from grpo_core.batch import RolloutBatch, prompt_chunks
-from grpo_core.hardware import cpu_has_native_bf16
-from grpo_core.logprobs import TokenLogprobs, token_logprobs
-from grpo_core.losses import policy_loss, token_weights
-from grpo_core.optim import UpdateHyper, make_optimizer
-from grpo_core.weights import apply_lora, hf_weights, is_peft, save_hf_dir, store_linears_in
+from grpo_core.parallel import distributed, sharding
+from grpo_core.algorithm.batch import RolloutBatch, prompt_chunks
+from grpo_core.parallel.hardware import cpu_has_native_bf16
+from grpo_core.algorithm.logprobs import TokenLogprobs, token_logprobs
+from grpo_core.algorithm.losses import policy_loss, token_weights
+from grpo_core.algorithm.optim import UpdateHyper, make_optimizer
+from grpo_core.parallel.weights import apply_lora, hf_weights, is_peft, save_hf_dir, store_linears_in
 
 _LORA_REF = "adapters-disabled"  # the reference is the policy with LoRA switched off
 

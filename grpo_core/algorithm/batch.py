@@ -5,7 +5,7 @@ longest completion, so every completion starts at the same column and the comple
 region is simply the last T columns: per-token tensors (`completion_mask`, log-probs,
 advantages' token weights) are all `(B, T)` and line up with `input_ids[:, -T:]` with no
 per-row offsets. Position ids are recomputed from the attention mask by
-`grpo_core.logprobs`, so the left padding does not change what the model sees.
+`grpo_core.algorithm.logprobs`, so the left padding does not change what the model sees.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def prompt_chunks(batch: RolloutBatch, rows: Tensor, size: int) -> list[Tensor]:
     """`rows` (indices, in order) cut into micro-batches of at most `size` rows that never mix
     two prompts: runs of consecutive rows with the same prompt (a group's G samples), each
     split into pieces of `size`. Such a micro-batch can run its prompt once
-    (`grpo_core.logprobs`, `share_prompt`)."""
+    (`grpo_core.algorithm.logprobs`, `share_prompt`)."""
     if rows.numel() == 0:
         return []
     prompt_cols = batch.input_ids.shape[1] - batch.completion_len

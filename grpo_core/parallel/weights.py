@@ -35,7 +35,7 @@ def apply_lora(model: nn.Module, r: int, alpha: int, dropout: float,
 def hf_weights(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
     """(HF parameter name, detached tensor) for every weight, as `from_pretrained` names them."""
     if not is_peft(model):
-        from grpo_core.sharding import full
+        from grpo_core.parallel.sharding import full
 
         gathered: dict[int, Tensor] = {}  # tied weights (one parameter, two names) stay one tensor
         for name, tensor in model.state_dict(keep_vars=True).items():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from grpo_core.errors import UserError
-from grpo_core.state import load_state, read_meta, save_state
+from grpo_core.checkpoints.resume import load_state, read_meta, save_state
 
 
 def test_round_trip_restores_tensors_and_rng(tmp_path):

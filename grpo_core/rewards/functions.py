@@ -32,7 +32,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
-from grpo_core.answers import (gsm8k_correct, gsm8k_intermediates, is_correct, last_boxed,
+from grpo_core.rewards.answers import (gsm8k_correct, gsm8k_intermediates, is_correct, last_boxed,
                                math_correct, numbers_in, to_number)
 from grpo_core.errors import UserError
 
@@ -152,7 +152,7 @@ def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
 def gsm8k_steps(completion: str, *, answer: str, source: str, solution: str | None = None,
                 question: str = "", **_) -> float:
     """Credit for the work, not just the answer: the F1 overlap between the values the reference
-    solution computes on the way (`grpo_core.answers.gsm8k_intermediates`) and the numbers the
+    solution computes on the way (`grpo_core.rewards.answers.gsm8k_intermediates`) and the numbers the
     completion writes before its final '####' line (less the question's numbers and the gold
     answer). Recall rewards the steps found; precision keeps a list of guesses from paying.
     0 for problems of one step, for other datasets and without a reference solution: a constant

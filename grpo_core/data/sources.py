@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import pandas as pd
 
-from grpo_core.answers import gsm8k_gold, last_boxed
+from grpo_core.rewards.answers import gsm8k_gold, last_boxed
 from grpo_core.errors import UserError
 
 SCHEMA = ("id", "source", "split", "question", "answer", "solution", "level", "subject")

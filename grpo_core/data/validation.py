@@ -17,7 +17,7 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
-from grpo_core.data import SCHEMA, question_key
+from grpo_core.data.sources import SCHEMA, question_key
 from grpo_core.errors import UserError
 
 NUMERIC = r"^-?\d+(?:\.\d+)?$"  # a canonical GSM8K answer: commas removed by `prepare`

@@ -83,7 +83,7 @@ def breakdown(correct: torch.Tensor, groups: Sequence[object]) -> dict[str, dict
 # ------------------------------------------------------------------------------ runner
 def vote_key(completion: str, source: str) -> str | None:
     """The normalised final answer that maj@k votes on (None: no answer to vote for)."""
-    from grpo_core.answers import extract_number_answer, last_boxed, to_number
+    from grpo_core.rewards.answers import extract_number_answer, last_boxed, to_number
 
     if source == "gsm8k":
         text = extract_number_answer(completion)
@@ -96,8 +96,8 @@ def vote_key(completion: str, source: str) -> str | None:
 def check_all(completions: Sequence[str], golds: Sequence[str], sources: Sequence[str],
               time_limit_s: float) -> list[bool]:
     """Correctness of each completion; a check that raises or exceeds its limit is wrong."""
-    from grpo_core.answers import is_correct
-    from grpo_core.rewards import call_with_limit
+    from grpo_core.rewards.answers import is_correct
+    from grpo_core.rewards.functions import call_with_limit
 
     out = []
     for text, gold, source in zip(completions, golds, sources, strict=True):

@@ -34,7 +34,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from grpo_core.errors import UserError
-from grpo_core.losses import token_weights
+from grpo_core.algorithm.losses import token_weights
 
 DEFAULT_TIMEOUT_S = 1800.0  # a dead or stuck rank fails the job after this long
 TIMEOUT_ENV = "GRPO_DIST_TIMEOUT_S"  # overrides the configured timeout (tests, debugging)
@@ -205,7 +205,7 @@ def _counts(mask: Tensor) -> Tensor:
 
 
 # local weights * scale(local counts, global counts, max_len) = global weights; each entry
-# undoes the local normaliser of `grpo_core.losses.AGGREGATIONS[mode]` and applies the global one
+# undoes the local normaliser of `grpo_core.algorithm.losses.AGGREGATIONS[mode]` and applies the global one
 _RESCALE: dict[str, Callable[[Tensor, Tensor, Optional[int]], float]] = {
     "token_mean": lambda loc, glob, L: max(loc[0], 1) / max(glob[0], 1),
     "seq_mean_token_mean": lambda loc, glob, L: max(loc[1], 1) / max(glob[1], 1),

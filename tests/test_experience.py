@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
-from grpo_core.iteration import (advantages_for, cross_prompt_answer_frac, draw_prompts,
+from grpo_core.algorithm.experience import (advantages_for, cross_prompt_answer_frac, draw_prompts,
                                  record_columns, rollout_metrics, score_groups, update_batch)
 from grpo_core.rollout import Completion, Group, RolloutResult
 

@@ -1,26 +1,18 @@
-"""One frozen, validated config tree loaded from params.yaml, one section per stage.
+"""The config tree: one frozen, strictly validated section per stage of the pipeline.
 
-Every value is checked strictly (no silent "2" -> 2 coercion, no bool where a number belongs),
-unknown keys are errors, and every error is one line naming the file, line, key and what is
-allowed. Overrides (`--set algorithm.beta=0.02`) are parsed as YAML scalars and validated the
-same way. Stage functions never receive this object: callers pass them plain values.
+Every value is checked strictly (no silent "2" -> 2 coercion, no bool where a number belongs)
+and unknown keys are errors. The defaults here are the only built-in defaults: params.yaml
+spells them out for DVC and for the reader, and a test keeps the two equal. Stage functions
+never receive this object: callers pass them plain values.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal, Optional
 
-import re
-
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
-
-from grpo_core.errors import UserError
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_PARAMS = "params.yaml"
-PosInt = Field(ge=1)
 
 
 class Section(BaseModel):
@@ -37,7 +29,7 @@ class Section(BaseModel):
 
 # ----------------------------------------------------------------------------- data
 class DatasetSpec(Section):
-    """One dataset split: `name` is a key of grpo_core.data.SOURCES (your own files go in the
+    """One dataset split: `name` is a key of grpo_core.data.sources.SOURCES (your own files go in the
     same layout under data.dir, as .jsonl, .json or .parquet)."""
 
     name: Literal["gsm8k", "math", "math500"]
@@ -134,7 +126,7 @@ class RolloutConfig(Section):
     stop: tuple[str, ...] = ()
     max_prompt_tokens: int = Field(default=512, ge=1)
     overlong_prompts: Literal["skip", "truncate"] = "skip"
-    # auto: bfloat16 on GPU and on CPUs with native bf16, else float32 (grpo_core.hardware)
+    # auto: bfloat16 on GPU and on CPUs with native bf16, else float32 (grpo_core.parallel.hardware)
     dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     seed: int = 0
     output_dir: str = "rollouts"
@@ -205,7 +197,7 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     micro_batch_size: int = Field(default=8, ge=1)
     # auto: bfloat16 where it is native (GPU; CPU with AVX512-BF16/AMX), else float32
-    # (grpo_core.hardware: emulated bf16 autocast ran 1.5-2x slower than float32)
+    # (grpo_core.parallel.hardware: emulated bf16 autocast ran 1.5-2x slower than float32)
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     # micro-batches never mix prompts and run their (shared) prompt once: a group's G
@@ -271,193 +263,13 @@ class Config(Section):
 
     def flat(self) -> dict[str, Any]:
         """`{"algorithm.beta": 0.0, ...}`: the form logged as MLflow params."""
-        return dict(_flatten(self.to_dict()))
+        return dict(flatten(self.to_dict()))
 
 
-# ------------------------------------------------------------------------- loading
-class _Loader(yaml.SafeLoader):
-    """YAML 1.2 scalars: `1e-6` is a float (YAML 1.1 reads it as a string) and only
-    true/false are booleans (YAML 1.1 turns yes/no/on/off into booleans)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
-
-
-def _yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
-
-def load_config(path: str | Path | None = DEFAULT_PARAMS, overrides: list[str] = ()) -> Config:
-    """Read params.yaml (None or a missing default file: built-in defaults), apply
-    `key.path=value` overrides, validate. Raises UserError with one line on any mistake."""
-    raw, lines, where = _read_yaml(path)
-    set_by: dict[str, str] = {}
-    for item in overrides:
-        set_by[apply_override(raw, item)] = f"--set {item}"
-    try:
-        return Config.model_validate(raw)
-    except ValidationError as exc:
-        raise UserError(_explain(exc.errors()[0], lines, set_by, where)) from None
-
-
-def _read_yaml(path):
-    """-> (mapping, {dotted key: location}, file label)."""
-    if path is None or (str(path) == DEFAULT_PARAMS and not Path(path).exists()):
-        return {}, {}, "defaults"
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        text = p.read_text(encoding="utf-8")
-        node = yaml.compose(text, Loader=_Loader)
-        raw = _yaml(text)
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{p}{at}: not valid YAML: {problem}") from None
-    if raw is None:
-        return {}, {}, str(p)
-    if not isinstance(raw, dict):
-        raise UserError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
-    return raw, {k: f"{p}:{line}" for k, line in _key_lines(node)}, str(p)
-
-
-def _key_lines(node, prefix=""):
-    """Yield (dotted key, 1-based line) for every mapping key in a YAML node tree."""
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = f"{prefix}{key_node.value}"
-            yield key, key_node.start_mark.line + 1
-            yield from _key_lines(value_node, key + ".")
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _key_lines(item, f"{prefix}{i}.")
-
-
-def apply_override(raw: dict, item: str) -> str:
-    """Apply one `KEY.PATH=VALUE` (the value read as YAML, as `grpo --set` reads it) to a raw
-    params mapping in place, creating sections on the way -> the dotted key it set."""
-    key, value = _parse_override(item)
-    _set_path(raw, key, value, item)
-    return key
-
-
-def _parse_override(item: str) -> tuple[str, Any]:
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip() or any(not part for part in key.strip().split(".")):
-        raise UserError(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. --set algorithm.beta=0.02")
-    try:
-        value = _yaml(text) if text.strip() else ""
-    except yaml.YAMLError:
-        raise UserError(f"--set {item!r}: the value is not a valid YAML scalar or list") from None
-    return key.strip(), value
-
-
-def _set_path(raw: dict, key: str, value: Any, item: str) -> None:
-    node = raw
-    parts = key.split(".")
-    for i, part in enumerate(parts[:-1]):
-        if node.get(part) is None:  # absent, or an optional section switched off (`null`)
-            node[part] = {}
-        child = node[part]
-        if not isinstance(child, dict):
-            raise UserError(f"--set {item}: {'.'.join(parts[: i + 1])} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
-def _explain(err: dict, lines: dict[str, str], set_by: dict[str, str], where: str) -> str:
-    """One line for the first validation error: location, key, problem, what is allowed."""
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc)
-    ctx = err.get("ctx") or {}
-    kind, got = err["type"], err.get("input")
-    if kind == "extra_forbidden":
-        allowed = ", ".join(_allowed_keys(loc[:-1]))
-        msg = f"unknown key '{key}' (allowed here: {allowed})"
-    elif kind == "literal_error":
-        msg = f"{key} must be one of {ctx.get('expected')}, got {got!r}"
-    elif kind in _BOUND_WORDS:
-        msg = f"{key} must be {_BOUND_WORDS[kind]} {ctx.get(_BOUND_CTX[kind])}, got {got!r}"
-    elif kind in ("too_short", "string_too_short") and not got:
-        msg = f"{key} must not be empty"
-    elif kind in ("too_short", "missing"):
-        msg = f"{key} is required" if kind == "missing" else f"{key} has too few values"
-    elif kind in ("model_type", "dict_type"):
-        msg = f"{key} must be a mapping of keys, got {got!r}"
-    elif kind == "value_error":
-        msg = f"{key + ': ' if key else ''}{ctx.get('error', err['msg'])}"
-    else:  # wrong type: pydantic's wording names the expected type
-        expected = err["msg"].removeprefix("Input should be ")
-        msg = f"{key} must be {expected}, got {got!r}"
-    return f"{_location(loc, lines, set_by, where)}: {msg}"
-
-
-_BOUND_WORDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<",
-                "less_than_equal": "<="}
-_BOUND_CTX = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt",
-              "less_than_equal": "le"}
-
-
-def _location(loc: list[str], lines: dict[str, str], set_by: dict[str, str], where: str) -> str:
-    key = ".".join(loc)
-    for override, label in set_by.items():  # an override of this key, a parent or a child wins
-        if key == override or key.startswith(override + ".") or override.startswith(key + "."):
-            return label
-    for n in range(len(loc), 0, -1):  # else the deepest key with a known line
-        hit = lines.get(".".join(loc[:n]))
-        if hit:
-            return hit
-    return where
-
-
-def _allowed_keys(loc: list[str]) -> list[str]:
-    model: Any = Config
-    for part in loc:
-        if part.isdigit():  # an index into a list of sections
-            continue
-        field = _field_by_name(model, part)
-        if field is None:
-            return []
-        model = _model_of(field.annotation)
-        if model is None:
-            return []
-    return sorted(f.alias or name for name, f in model.model_fields.items())
-
-
-def _field_by_name(model, name):
-    for field_name, field in model.model_fields.items():
-        if name in (field_name, field.alias):
-            return field
-    return None
-
-
-def _model_of(annotation):
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()):  # tuple[DatasetSpec, ...], Optional[...]
-        found = _model_of(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _flatten(tree: Any, prefix: str = ""):
+def flatten(tree: Any, prefix: str = ""):
+    """Yield (dotted key, leaf value) for a nested mapping."""
     if isinstance(tree, dict):
         for key, value in tree.items():
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from flatten(value, f"{prefix}{key}.")
     else:
         yield prefix.rstrip("."), tree
-
-
-def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,7 +1,7 @@
 """FSDP2 (`train.data_parallel: fsdp2`): parameters, gradients and optimizer state sharded
 over the ranks, for policies whose replica plus Adam state does not fit one device.
 
-The update stays the single-process update of `grpo_core.distributed` (global normalisers,
+The update stays the single-process update of `grpo_core.parallel.distributed` (global normalisers,
 whole groups per rank); what changes is where the tensors live:
 - `fully_shard` wraps each decoder block, then the root, so one block is gathered at a time.
   The root is a `TokenLogprobs` around the causal LM: the log-prob routine calls the backbone
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from grpo_core import distributed
+from grpo_core.parallel import distributed
 
 # Modules wrapped one by one: the repeated transformer blocks of HF causal LMs.
 BLOCK_SUFFIXES = ("DecoderLayer", "Block")
