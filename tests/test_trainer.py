@@ -232,6 +232,29 @@ def test_hyper_from_config_sections():
     assert h.lora_target_modules == tuple(train["lora"]["target_modules"])
 
 
+def test_hyper_defaults_are_the_schema_defaults():
+    assert UpdateHyper() == UpdateHyper.from_sections(AlgorithmConfig().model_dump(),
+                                                      TrainConfig().model_dump())
+
+
+def test_lora_reference_refuses_refresh(tiny_llama):
+    with pytest.raises(ValueError, match="ref_refresh_every needs LoRA off"):
+        Learner(copy.deepcopy(tiny_llama), hyper(lora_enabled=True, beta=0.1, ref_refresh_every=2))
+
+
+def test_plan_is_chosen_by_world_size_and_data_parallel():
+    from grpo_core.parallel.plan import Replicated, Sharded, SingleProcess, make_plan
+
+    cpu = torch.device("cpu")
+    assert type(make_plan("fsdp2", 1, cpu, lora=True)) is SingleProcess
+    assert type(make_plan("replicate", 2, cpu)) is Replicated
+    assert type(make_plan("fsdp2", 2, cpu)) is Sharded
+    with pytest.raises(ValueError, match="with LoRA is not supported"):
+        make_plan("fsdp2", 2, cpu, lora=True)
+    with pytest.raises(ValueError, match="unknown data_parallel"):
+        make_plan("ddp", 1, cpu)
+
+
 def test_lr_schedule_warmup_then_decay():
     f = lr_factor("linear", warmup=2, total=6)
     assert [round(f(i), 4) for i in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
@@ -285,8 +308,8 @@ def test_bf16_reference_is_bit_identical_and_smaller(tiny_llama_factory, tied):
     batch = make_batch()
     fp32 = Learner(copy.deepcopy(model), hyper(beta=0.1, autocast="float32"))
     bf16 = Learner(copy.deepcopy(model), hyper(beta=0.1, autocast="bfloat16"))
-    assert all(p.dtype == torch.float32 for p in fp32.reference.parameters())
-    dtypes = {n: p.dtype for n, p in bf16.reference.named_parameters()}
+    assert all(p.dtype == torch.float32 for p in fp32.reference.model.parameters())
+    dtypes = {n: p.dtype for n, p in bf16.reference.model.named_parameters()}
     assert dtypes["model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16
     assert dtypes["model.layers.1.mlp.down_proj.weight"] == torch.bfloat16
     assert dtypes["model.embed_tokens.weight"] == torch.float32  # autocast never casts it
@@ -297,11 +320,12 @@ def test_bf16_reference_is_bit_identical_and_smaller(tiny_llama_factory, tied):
 
     def nbytes(m):
         return sum(p.numel() * p.element_size() for p in m.parameters())
-    assert nbytes(bf16.reference) < 0.8 * nbytes(fp32.reference)
+    assert nbytes(bf16.reference.model) < 0.8 * nbytes(fp32.reference.model)
     mask = batch.completion_mask.float()
     args = (batch.input_ids, batch.attention_mask, mask)
-    with torch.no_grad(), bf16._autocast():
-        ours = bf16._ref_forward(batch, mask)
-        expected = token_logprobs(fp32.reference, *args, share_prompt=bf16.share_prompt)
+    with torch.no_grad(), bf16.autocast():
+        ours = bf16.reference.logprobs(batch, mask, temperature=bf16.hyper.temperature,
+                                       share_prompt=bf16.share_prompt)
+        expected = token_logprobs(fp32.reference.model, *args, share_prompt=bf16.share_prompt)
     assert torch.equal(ours, expected)
     assert all(p.dtype == torch.float32 for p in bf16.model.parameters())  # the policy: fp32

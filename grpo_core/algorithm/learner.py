@@ -12,11 +12,9 @@ Choices that depart from or refine the paper:
   With mu = 1 the ratio is exactly 1 and the step is REINFORCE with the group baseline.
 - The reference forward is skipped entirely when beta = 0. With beta > 0 and no reference
   given, the reference is a frozen copy of the initial policy (with LoRA: the policy with
-  its adapters disabled, no copy). `ref_refresh_every = K` copies the policy into the
-  reference every K iterations (the paper's iterative GRPO, section 4.1.3). Under bf16
-  autocast the reference's linear layers are stored in bfloat16: it only ever runs under
-  autocast, which would cast those weights to bfloat16 on every call, so its log-probs are
-  bit-identical and it holds 2 bytes a weight instead of 4 (0.21 GB less for SmolLM2-135M).
+  its adapters disabled, no copy); `ref_refresh_every = K` copies the policy into the
+  reference every K iterations (the paper's iterative GRPO, section 4.1.3). Both, and the
+  frozen copy's bfloat16 storage under autocast, are in `grpo_core.algorithm.reference`.
 - TIS (`tis_cap`): each token's policy-gradient term is weighted by
   min(exp(old_logp_trainer - logp_sampler), cap) when the batch carries sampler log-probs.
 - `mask_truncated` drops completions that hit the token budget (DAPO's overlong filtering,
@@ -24,19 +22,19 @@ Choices that depart from or refine the paper:
 - A non-finite loss or gradient norm skips the optimizer step (counted in `skipped`).
 - Under `torchrun` (world size > 1) each rank updates on its shard of whole groups: the
   normalisers are global, gradients are summed over ranks before clipping, and metrics are
-  reduced, so every rank takes the single-process step (`grpo_core.parallel.distributed`). A rank with
-  no rows this iteration calls `update(None)` to take part. With one process no
-  collective runs.
+  reduced, so every rank takes the single-process step (`grpo_core.parallel.distributed`).
+  A rank with no rows this iteration calls `update(None)` to take part. With one process
+  no collective runs.
 - `data_parallel`: `replicate` keeps a full replica per rank and sums gradients with one
-  bucketed all-reduce after accumulation (DDP's algorithm; see `grpo_core.parallel.distributed` for why
-  not the DDP wrapper); `fsdp2` shards parameters, gradients and Adam state
-  (`grpo_core.parallel.sharding`), and every rank then runs the same number of passes.
+  bucketed all-reduce after accumulation (DDP's algorithm; see `grpo_core.parallel.distributed`
+  for why not the DDP wrapper); `fsdp2` shards parameters, gradients and Adam state
+  (`grpo_core.parallel.sharding`), and every rank then runs the same number of passes. Each
+  difference is a method of the plan (`grpo_core.parallel.plan`), so `_epoch` and `_step`
+  read as the single-process step.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import time
 import warnings
 from collections import defaultdict
@@ -46,75 +44,60 @@ from typing import Any, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from grpo_core.parallel import distributed, sharding
 from grpo_core.algorithm.batch import RolloutBatch, prompt_chunks
-from grpo_core.parallel.hardware import cpu_has_native_bf16
-from grpo_core.algorithm.logprobs import TokenLogprobs, token_logprobs
-from grpo_core.algorithm.losses import policy_loss, token_weights
+from grpo_core.algorithm.logprobs import TokenLogprobs
+from grpo_core.algorithm.losses import policy_loss
 from grpo_core.algorithm.optim import UpdateHyper, make_optimizer
-from grpo_core.parallel.weights import apply_lora, hf_weights, is_peft, save_hf_dir, store_linears_in
-
-_LORA_REF = "adapters-disabled"  # the reference is the policy with LoRA switched off
+from grpo_core.algorithm.reference import make_reference
+from grpo_core.parallel import distributed
+from grpo_core.parallel.hardware import autocast_enabled
+from grpo_core.parallel.plan import make_plan
+from grpo_core.parallel.weights import apply_lora, hf_weights, save_hf_dir
 
 
 class Learner:
-    """Owns the policy, its optimizer and schedule, and the reference model."""
+    """Owns the policy, its optimizer and schedule, the reference model and the parallelism
+    plan (`grpo_core.parallel.plan`: one process, replicas or FSDP2 shards)."""
 
     def __init__(self, policy: nn.Module, hyper: UpdateHyper,
                  reference: Optional[nn.Module] = None):
         self.hyper = hyper
+        self.device = next(policy.parameters()).device
+        self.plan = make_plan(hyper.data_parallel, distributed.world(), self.device,
+                              lora=hyper.lora_enabled)
         self.model = (apply_lora(policy, hyper.lora_r, hyper.lora_alpha, hyper.lora_dropout,
                                  hyper.lora_target_modules) if hyper.lora_enabled else policy)
-        self.device = next(policy.parameters()).device
-        self.world = distributed.world()
-        self.sharded = self.world > 1 and hyper.data_parallel == "fsdp2"
-        if self.sharded and hyper.lora_enabled:
-            raise ValueError("train.data_parallel fsdp2 with LoRA is not supported: use replicate "
-                             "(LoRA adapters are small enough to replicate)")
-        if self.world > 1:  # identical replicas from the start (LoRA init included)
-            distributed.broadcast_params(self.model.parameters())
+        self.plan.start(self.model)
         if hyper.gradient_checkpointing:  # non-reentrant: works with frozen inputs and LoRA
             policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        self.reference = self._make_reference(reference) if hyper.beta > 0 else None
-        # the log-prob routines as module calls: what FSDP2 wraps (no-op wrappers otherwise)
-        self.policy_scorer = TokenLogprobs(self.model)
-        self.ref_scorer = TokenLogprobs(self.reference) if isinstance(self.reference, nn.Module) else None
-        if self.sharded:  # after the reference copy: both are sharded the same way
-            sharding.shard(self.policy_scorer)
-            if self.ref_scorer is not None:
-                sharding.shard(self.ref_scorer)
-        # FSDP2 would see each block called twice per forward (prompt, then completions):
-        # it takes the plain one-row-one-sequence forward
-        self.share_prompt = hyper.shared_prompt_forward and not self.sharded
+        self.bf16 = autocast_enabled(hyper.autocast, self.device)
+        # before the policy is wrapped: a copy of the plain policy, wrapped the same way
+        self.reference = (make_reference(self.model, self.plan, given=reference, bf16=self.bf16,
+                                         refreshable=bool(hyper.ref_refresh_every))
+                          if hyper.beta > 0 else None)
+        # the log-prob routine as a module call: what FSDP2 wraps
+        self.policy_scorer = self.plan.wrap(TokenLogprobs(self.model))
+        self.share_prompt = hyper.shared_prompt_forward and self.plan.shares_prompt
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer(self.params, hyper)
         self.iteration = 0
 
-    def _make_reference(self, reference: Optional[nn.Module]):
-        if reference is None and is_peft(self.model):
-            if self.hyper.ref_refresh_every:
-                raise ValueError("ref_refresh_every needs LoRA off or an explicit reference model")
-            return _LORA_REF
-        ref = reference if reference is not None else copy.deepcopy(self.model)
-        ref.eval().requires_grad_(False)
-        if self._autocast_on() and not self.sharded:  # FSDP2 wants one dtype per module
-            store_linears_in(ref, torch.bfloat16)
-        return ref
+    def autocast(self):
+        """The autocast context every forward runs under (bfloat16, or disabled)."""
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
+                              enabled=self.bf16)
 
     # ------------------------------------------------------------------ the update
     def update(self, batch: Optional[RolloutBatch]) -> dict[str, float]:
         """One GRPO iteration on a batch of rollouts -> metrics (plain floats). Under torchrun,
         `batch` is this rank's shard (None: no rows here, but the rank still takes part)."""
         h = self.hyper
-        if batch is None and self.world == 1:
-            raise ValueError("update(None) is only for a rank with no rows under torchrun")
+        self.plan.check_rows(batch is not None)
         mask = self._loss_mask(batch)  # (B, T)
         batch = batch.to(self.device) if batch is not None else None
-        weights = (token_weights if self.world == 1 else distributed.global_token_weights)(
-            mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
+        weights = self.plan.token_weights(mask, h.loss_aggregation, h.max_completion_len)  # (B, T)
         chunks = self._chunks(batch) if batch is not None else ()
-        # FSDP2: every rank runs as many passes as the busiest one, agreed before any pass
-        self.passes = sharding.pad_passes(len(chunks)) if self.sharded else len(chunks)
+        self.passes = self.plan.passes(len(chunks))  # agreed before any pass
         start = time.perf_counter()
         ref = self._reference_logp(batch, mask, chunks)  # (B, T) or None
         ref_s = time.perf_counter() - start
@@ -167,16 +150,14 @@ class Learner:
         h = self.hyper
         self.optimizer.zero_grad(set_to_none=True)
         loss_sum = torch.zeros((), device=self.device)
-        scale = sharding.grad_scale() if self.sharded else 1.0
         for idx in chunks:
             mb = batch.rows(idx)
             w = mb.completion_len
             mb_mask = mask[idx][:, :w]  # (b, w)
-            if mb_mask.sum() == 0:
-                if self.sharded:  # every pass is collective under FSDP2: join with zeros
-                    sharding.zero_pass(self.policy_scorer, self.device, backward=True)
+            if mb_mask.sum() == 0:  # no loss token: the pass still counts for the plan
+                self.plan.idle_passes(self.policy_scorer, 1, backward=True)
                 continue
-            with self._autocast():
+            with self.autocast():
                 logp, entropy = self.policy_scorer(mb.input_ids, mb.attention_mask, mb_mask,
                                                    temperature=h.temperature, with_entropy=True,
                                                    chunk_tokens=h.chunk_tokens,
@@ -192,31 +173,19 @@ class Learner:
                 clip_low=h.clip_low, clip_high=h.clip_high, ratio_level=h.ratio_level,
                 is_weight=state["isw"][idx][:, :w] if h.tis_cap else None)
             loss = (loss_tok * weights[idx][:, :w]).sum()
-            (loss * scale).backward()
+            (loss * self.plan.grad_scale).backward()
             loss_sum += loss.detach()
             _accumulate(sums, m, entropy, mb_mask)
-        self._pad_passes(len(chunks), backward=True)
+        self.plan.idle_passes(self.policy_scorer, self.passes - len(chunks), backward=True)
         self._step(loss_sum, sums)
-
-    def _pad_passes(self, done: int, *, backward: bool) -> None:
-        """FSDP2: zero-gradient passes until this rank has run `self.passes`, the count of
-        the busiest rank (a no-op without sharding)."""
-        if not self.sharded:
-            return
-        scorer = self.policy_scorer if backward else self.ref_scorer
-        with contextlib.nullcontext() if backward else torch.no_grad():
-            for _ in range(self.passes - done):
-                sharding.zero_pass(scorer, self.device, backward=backward)
 
     def _step(self, loss_sum: Tensor, sums: dict[str, float]) -> None:
         for p in self.params:  # untouched by any backward (no trained rows): a zero gradient,
             if p.grad is None:  # so that Adam's moments move exactly as if it had been computed
                 p.grad = torch.zeros_like(p)
-        if self.world > 1:  # the full-batch gradient and loss: every rank's share, summed
-            if not self.sharded:  # FSDP2 has reduce-scattered them in backward already
-                distributed.all_reduce_grads(self.params)
-            loss_sum = distributed.all_reduce(loss_sum)
-        norm = sharding.full(torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm))
+        self.plan.sum_grads(self.params)  # the full-batch gradient and loss: every rank's share
+        loss_sum = self.plan.total(loss_sum)
+        norm = self.plan.full(torch.nn.utils.clip_grad_norm_(self.params, self.hyper.max_grad_norm))
         sums["loss"] += float(loss_sum)
         sums["epochs"] += 1
         if not (torch.isfinite(loss_sum) and torch.isfinite(norm)):
@@ -230,39 +199,18 @@ class Learner:
         if self.reference is None:
             return None
         out = torch.zeros_like(mask)  # (B, T)
-        with torch.no_grad(), self._autocast():
+        with torch.no_grad(), self.autocast():
             for idx in chunks:
                 mb = batch.rows(idx)
                 w = mb.completion_len
-                out[idx, :w] = self._ref_forward(mb, mask[idx][:, :w])
-        self._pad_passes(len(chunks), backward=False)
+                out[idx, :w] = self.reference.logprobs(mb, mask[idx][:, :w],
+                                                       temperature=self.hyper.temperature,
+                                                       share_prompt=self.share_prompt)
+        self.plan.idle_passes(self.reference.scorer, self.passes - len(chunks), backward=False)
         return out
 
-    def _ref_forward(self, mb: RolloutBatch, mb_mask: Tensor) -> Tensor:
-        args = (mb.input_ids, mb.attention_mask, mb_mask)
-        if self.reference is _LORA_REF:
-            was_training = self.model.training
-            self.model.eval()
-            with self.model.disable_adapter():
-                out = token_logprobs(self.model, *args, temperature=self.hyper.temperature,
-                                     share_prompt=self.share_prompt)
-            self.model.train(was_training)
-            return out
-        return self.ref_scorer(*args, temperature=self.hyper.temperature,
-                               share_prompt=self.share_prompt)
-
-    def _autocast_on(self) -> bool:
-        mode = self.hyper.autocast
-        native = self.device.type == "cuda" or cpu_has_native_bf16()
-        return mode == "bfloat16" or (mode == "auto" and native)
-
-    def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16,
-                              enabled=self._autocast_on())
-
     def _summary(self, sums, mask, lr, ref_s, update_s) -> dict[str, float]:
-        if self.world > 1:
-            sums = distributed.reduce_sums(sums)
+        sums = self.plan.reduce_sums(sums)
         trained = sums.pop("tokens", 0.0)  # tokens of the rows that went through the model
         tokens = trained if trained > 0 else float("nan")  # no such row: the stats are unknown
         epochs = max(sums.get("epochs", 1.0), 1.0)
@@ -272,22 +220,14 @@ class Learner:
         out.update(loss=sums.get("loss", 0.0) / epochs, grad_norm=sums.get("grad_norm", 0.0) / steps,
                    ratio_min=sums.get("ratio_min", 1.0), ratio_max=sums.get("ratio_max", 1.0),
                    lr=lr, skipped=sums.get("skipped", 0.0), optimizer_steps=epochs,
-                   tokens=float(distributed.all_reduce(mask.sum())), ref_seconds=ref_s, update_seconds=update_s)
+                   tokens=float(self.plan.total(mask.sum())), ref_seconds=ref_s, update_seconds=update_s)
         return out
 
     # ------------------------------------------------------------------ weights and state
     def refresh_reference(self) -> None:
         """Copy the current policy into the reference (iterative GRPO)."""
-        if self.reference is None:
-            return
-        if self.reference is _LORA_REF:
-            raise RuntimeError("ref_refresh_every needs LoRA off or an explicit reference model")
-        with torch.no_grad():
-            if self.sharded:  # same sharding: copy shard for shard
-                for ref, pol in zip(self.reference.parameters(), self.model.parameters()):
-                    ref.copy_(pol)
-                return
-            self.reference.load_state_dict(dict(hf_weights(self.model)))
+        if self.reference is not None:
+            self.reference.refresh(self.model)
 
     def sync_weights(self) -> Iterator[tuple[str, Tensor]]:
         """(HF name, tensor) pairs for the sampler's `load_weights` (LoRA merged in); whole
@@ -302,35 +242,23 @@ class Learner:
         return Path(out_dir)
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume exactly: model, optimizer, schedule, iteration, RNG.
-        Collective under FSDP2 (the full state, on rank 0; {} for model and optimizer elsewhere)."""
-        weights = (sharding.full_state(self.model, self.optimizer) if self.sharded else
-                   {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()})
-        state = {**weights, "scheduler": self.scheduler.state_dict(),
+        """Everything needed to resume exactly: model, optimizer, schedule, iteration, RNG, and
+        a refreshed reference. Collective under FSDP2 (the full state, on rank 0; {} for model
+        and optimizer elsewhere)."""
+        state = {**self.plan.train_state(self.model, self.optimizer),
+                 "scheduler": self.scheduler.state_dict(),
                  "iteration": self.iteration, "rng": torch.get_rng_state()}
-        if isinstance(self.reference, nn.Module) and self.hyper.ref_refresh_every:
-            state["reference"] = (dict(hf_weights(self.reference)) if self.sharded
-                                  else self.reference.state_dict())
+        if self.reference is not None and self.hyper.ref_refresh_every:
+            state["reference"] = self.reference.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.sharded:
-            sharding.load_full_state(self.model, self.optimizer, state)
-        else:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+        self.plan.load_train_state(self.model, self.optimizer, state)
         self.scheduler.load_state_dict(state["scheduler"])
         self.iteration = int(state["iteration"])
         torch.set_rng_state(state["rng"])
-        if "reference" in state and isinstance(self.reference, nn.Module):
-            if self.sharded:
-                from torch.distributed.checkpoint.state_dict import (
-                    StateDictOptions, set_model_state_dict)
-
-                set_model_state_dict(self.reference, state["reference"],
-                                     options=StateDictOptions(full_state_dict=True))
-            else:
-                self.reference.load_state_dict(state["reference"])
+        if "reference" in state and self.reference is not None:
+            self.reference.load_state_dict(state["reference"])
 
 
 def _accumulate(sums: dict[str, float], m: dict[str, Tensor], entropy: Tensor,

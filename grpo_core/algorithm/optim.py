@@ -15,46 +15,56 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 
 from grpo_core.algorithm.logprobs import DEFAULT_CHUNK_TOKENS
+from grpo_core.config import AlgorithmConfig, RolloutConfig, TrainConfig
+
+_ALGORITHM = AlgorithmConfig()
+_TRAIN = TrainConfig()
+_LORA = _TRAIN.lora
+_ROLLOUT = RolloutConfig()
 
 
 @dataclass(frozen=True)
 class UpdateHyper:
+    """Every default is the config schema's (`grpo_core.config.schema`), the only place a
+    default is written."""
+
     # algorithm
-    loss_aggregation: str = "token_mean"
-    ratio_level: str = "token"
-    beta: float = 0.0
-    clip_low: float = 0.2
-    clip_high: float = 0.2
-    mu: int = 1
-    tis_cap: Optional[float] = None
-    mask_truncated: bool = False
-    ref_refresh_every: int = 0
+    loss_aggregation: str = _ALGORITHM.loss_aggregation
+    ratio_level: str = _ALGORITHM.ratio_level
+    beta: float = _ALGORITHM.beta
+    clip_low: float = _ALGORITHM.clip_low
+    clip_high: float = _ALGORITHM.clip_high
+    mu: int = _ALGORITHM.mu
+    tis_cap: Optional[float] = _ALGORITHM.tis_cap
+    mask_truncated: bool = _ALGORITHM.mask_truncated
+    ref_refresh_every: int = _ALGORITHM.ref_refresh_every
     # train
-    learning_rate: float = 5e-6
-    warmup_iterations: int = 0
-    lr_schedule: str = "constant"
-    iterations: int = 10
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.99)
-    max_grad_norm: float = 1.0
-    micro_batch_size: int = 8
-    autocast: str = "auto"  # auto: bfloat16 on CUDA and native-bf16 CPUs, else float32
-    gradient_checkpointing: bool = False
-    data_parallel: str = "replicate"  # replicate | fsdp2 (under torchrun)
-    shared_prompt_forward: bool = True  # a group's prompt runs once per micro-batch
-    lora_enabled: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    learning_rate: float = _TRAIN.learning_rate
+    warmup_iterations: int = _TRAIN.warmup_iterations
+    lr_schedule: str = _TRAIN.lr_schedule
+    iterations: int = _TRAIN.iterations
+    weight_decay: float = _TRAIN.weight_decay
+    adam_betas: tuple[float, float] = _TRAIN.adam_betas
+    max_grad_norm: float = _TRAIN.max_grad_norm
+    micro_batch_size: int = _TRAIN.micro_batch_size
+    autocast: str = _TRAIN.autocast  # auto | bfloat16 | float32 (grpo_core.parallel.hardware)
+    gradient_checkpointing: bool = _TRAIN.gradient_checkpointing
+    data_parallel: str = _TRAIN.data_parallel  # under torchrun (grpo_core.parallel.plan)
+    shared_prompt_forward: bool = _TRAIN.shared_prompt_forward
+    lora_enabled: bool = _LORA.enabled
+    lora_r: int = _LORA.r
+    lora_alpha: int = _LORA.alpha
+    lora_dropout: float = _LORA.dropout
+    lora_target_modules: tuple[str, ...] = _LORA.target_modules
     # from other stages
-    temperature: float = 1.0  # the sampler's temperature (rollout.temperature)
+    temperature: float = _ROLLOUT.temperature  # the sampler's temperature
     max_completion_len: Optional[int] = None  # Dr. GRPO's constant (rollout.max_new_tokens)
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS  # tokens per LM-head chunk in the log-prob routine
 
     @classmethod
     def from_sections(cls, algorithm: dict[str, Any], train: dict[str, Any], *,
-                      temperature: float = 1.0, max_completion_len: Optional[int] = None,
+                      temperature: float = _ROLLOUT.temperature,
+                      max_completion_len: Optional[int] = None,
                       **extra: Any) -> "UpdateHyper":
         """From `cfg.algorithm.model_dump()` and `cfg.train.model_dump()`; keys this step does
         not use (advantage, eps, output_dir, ...) are ignored."""

@@ -1,2 +1,3 @@
-"""Where and how tensors are computed: torchrun data parallelism, FSDP2 sharding, policy
-weights in and out (LoRA, HF names, safetensors), and the hardware behind `auto` dtypes."""
+"""Where and how tensors are computed: torchrun data parallelism, FSDP2 sharding, the plan
+that puts one of them behind one interface for the update step, policy weights in and out
+(LoRA, HF names, safetensors), and the hardware behind `auto` dtypes."""
