@@ -5,20 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-# No network at run time: models and data come from local files (see README).
-export HF_HUB_OFFLINE := 1
-export TRANSFORMERS_OFFLINE := 1
-export HF_DATASETS_OFFLINE := 1
-export HF_HUB_DISABLE_TELEMETRY := 1
-export VLLM_NO_USAGE_STATS := 1
-export DO_NOT_TRACK := 1
-export PREFECT_SERVER_ANALYTICS_ENABLED := false
-export MLFLOW_DISABLE_TELEMETRY := true
-export DVC_NO_ANALYTICS := 1
-export GX_ANALYTICS_ENABLED := false
-export TOKENIZERS_PARALLELISM := false
+# The environment switches (telemetry off, no hub access at run time): the one list that the
+# CLI, the tests and the benchmarks also read (grpo_core/env). Models and data come from local files.
+ENV_FILES := grpo_core/env/quiet.env grpo_core/env/offline.env
+include $(ENV_FILES)
+export $(shell sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p' $(ENV_FILES))
 export PREFECT_HOME := $(CURDIR)/.prefect
-export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 # The team's shared data folder is used when it sits beside the checkout.
 ifeq ($(origin GRPO_DATA_DIR), undefined)
   ifneq ($(wildcard ../shared/data/gsm8k),)

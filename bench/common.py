@@ -17,12 +17,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 RESULTS = REPO / "bench" / "results"
+sys.path.insert(0, str(REPO))
 
-OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "GX_ANALYTICS_ENABLED": "false", "TOKENIZERS_PARALLELISM": "false",
-           "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180", "PYTHONWARNINGS": "ignore"}
+from grpo_core.env import OFFLINE as HUB_OFFLINE, QUIET  # noqa: E402
+
+# every switch of `make` (grpo_core/env), and library warnings kept out of the figures' output
+OFFLINE = {**QUIET, **HUB_OFFLINE, "PYTHONWARNINGS": "ignore"}
 
 
 def load_avg() -> list[float]:

@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from common import add_repeats_option, median, repeats_of, timed_runs  # noqa: E402
 
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from grpo_core.env import apply_defaults  # noqa: E402
+
+apply_defaults(offline=True)
 
 
 def in_thread(fn):
@@ -130,10 +130,9 @@ def render_prompts(questions: list[str], time_it) -> dict[str, float]:
     except Exception as exc:  # noqa: BLE001 - an optional figure
         print(f"render_prompts skipped: {exc}", file=sys.stderr)
         return {}
-    from grpo_core.data.prompts import INSTRUCTIONS
-    from grpo_core.data.prompts import render_prompts as render
-    _, s = time_it(lambda: render(tok, questions, instruction=INSTRUCTIONS["hashes"]),
-                   "render_1000_prompts")
+    from grpo_core.data.prompts import INSTRUCTIONS, PromptRenderer
+    render = PromptRenderer(tok, instruction=INSTRUCTIONS["hashes"])
+    _, s = time_it(lambda: render(questions), "render_1000_prompts")
     return {"render_1000_prompts_s": s}
 
 

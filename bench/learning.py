@@ -1,15 +1,21 @@
-"""Does training help? The product's own pipeline (`grpo prepare`, `grpo train`) trains the
-bundled SmolLM2-135M-Instruct on GSM8K train within a wall-clock budget (`train.max_minutes`);
+"""Does training help? `--task arithmetic` (the default) is bench/learning_task.py: the built-in
+arithmetic task, judged by the training flow's own before/after evaluation. `--task gsm8k`, the
+second configuration documented here: the product's own pipeline (`grpo prepare`, `grpo train`)
+trains the bundled SmolLM2-135M-Instruct on GSM8K train within a wall-clock budget (`train.max_minutes`);
 the SFT checkpoint and the trained policy are evaluated greedily on the same fixed subset of
 GSM8K test (the first N problems of test.jsonl in file order, N = 500 by default).
 
 Reported: accuracy, the fraction of answers in the instructed format (the `format` reward's
 criterion: exactly one line '#### <number>', and it is the last), the paired accuracy difference
-with its 95% confidence interval (normal approximation over per-problem differences), a PNG of
-the training reward and the per-function rewards, and the README table between the
-`<!-- learning:start -->` / `<!-- learning:end -->` markers.
+with its 95% confidence interval (normal approximation over per-problem differences), and a PNG
+of the training reward and the per-function rewards. A finished run is kept as
+bench/results/learning.json (the latest), a dated copy learning_<date>[_<tag>].json with its
+PNG, and a dated entry appended to the lab notebook, docs/experiments.md. The README is never
+written: people write it, and its headline links to the notebook.
 
-    .venv/bin/python bench/learning.py                       # the real run (~65 min on 2 cores)
+    .venv/bin/python bench/learning.py                       # the arithmetic task (learning_task.py)
+    .venv/bin/python bench/learning.py --task gsm8k          # the GSM8K run (--minutes of training)
+    .venv/bin/python bench/learning.py --tag g16 --set ...   # names the dated files: learning_<date>_g16
     .venv/bin/python bench/learning.py --quick               # minutes: plumbing check only
     .venv/bin/python bench/learning.py --resume              # after a crash: the rest of it
     .venv/bin/python bench/learning.py --pass-rates-from /tmp/run1/rollouts /tmp/run2/rollouts
@@ -32,71 +38,37 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import REPO, RESULTS, BIN, data_dir, load_avg, project_env, run_child, save_json  # noqa: E402
 
-# The recipe, and why. ENVIRONMENT.md's first learning run (lr 5e-6, beta 0, format weight 0.5,
-# 30 iterations) learned the format and lost accuracy (4% -> 1% on 200 problems); that loop
-# synced weights with the tied-LM-head bug this project found (grpo_core.rollout.vllm_engine:
-# after a reload vLLM kept the OLD head), so its rollouts came from a policy that was not the
-# one being trained. Here:
+# The recipe, and why. Each choice was set against its alternative in a learning run; the runs,
+# their figures and the variants not kept are in docs/experiments.md.
 # - accuracy dominates the reward (format 0.2): when a group has a correct answer, formatting
 #   cannot outweigh it; in the (common) groups where only the format varies, the group-normalised
 #   advantage is the same whatever the format weight, so the format is learned as fast;
 # - beta 0 (as DAPO and Dr. GRPO): no reference forward, and rows with zero advantage skip the
 #   model (grpo_core.algorithm.learner), so more iterations fit in the wall-clock budget;
-# - lr 5e-6, the rate that learned the format within 30 iterations there;
+# - lr 5e-6, the rate that learned the format in the first learning run of all (a plain loop
+#   whose lost accuracy came from the tied-LM-head sync bug this project found: after a reload
+#   vLLM kept the OLD head, grpo_core.rollout.vllm_engine, so its rollouts were not the trained
+#   policy's); 1e-5 did no better;
 # - 200 new tokens in training (evaluation allows 256): a completion cut before its '####' line
 #   earns no format reward, which teaches the model to conclude in time;
-# - sampling temperature 0.7. Tried first at 1.0 (4 iterations, 2026-11-22): the 135M model's
-#   samples turned to word salad, 60% ran into the 200-token limit, 6% had a '####' line, and
-#   3 of 4 iterations had zero reward everywhere, so no group had a learning signal.
-# - the `format` criterion is strict (one '####' line, the last one). With the lax "some line
-#   starts with '####'" (2026-11-23, 45 iterations) the training format rate went 9% -> 100%
-#   by iteration 43 while 75-78% of the samples ran to the token limit: the policy printed
-#   '#### 20', '#### 18', '#### 18', ... until cut off, and scored no correct answer. With the
-#   strict rule alone (15 iterations) only 3 of 480 samples earned it and the format rate stayed
-#   at 0-6%: hence half credit for an answer stated once but not on the last line.
+# - sampling temperature 0.7: at 1.0 the 135M model's samples turned to word salad and groups
+#   had zero reward everywhere, so no group had a learning signal;
+# - the `format` criterion is strict (one '####' line, the last one), with half credit for an
+#   answer stated once but not on the last line: the lax "some line starts with '####'" was
+#   reward-hacked (the policy printed '####' lines until cut off), and the strict rule alone was
+#   earned too rarely to learn from;
 # - one worked example in the prompt (data.prompt.few_shot 1, GSM8K calculator annotations
-#   removed). With half credit and no example (46 iterations, 2026-11-23) the answer came to be
-#   stated once in 84% of greedy answers, but 85% of them went on after it with "The answer is:
-#   n", so only 0.6% met the instruction ("at the end"). One example alone took the untrained
-#   checkpoint from 0% to 78% strictly formatted on 100 test problems (2 examples: 87%, at 2x the
-#   prompt length), so the reward's signal can go to the answers rather than to the layout.
-# - NOT kept (2026-11-30, 306 iterations in 55 min): training on the 1961 GSM8K train problems
-#   whose solution has 2 steps (data.train max_steps 2) at lr 1e-5. The 11-29 run had scored
-#   2.4% per sample on 2-step problems against 1.6% on 3-4 steps, so easier problems promised
-#   more groups with a correct answer. Instead the policy learned to answer '#### 10' (the
-#   commonest answer of 2-step problems after 6) to every question: 92% of samples in
-#   iterations 121-160, 99% after; completion/cross_prompt_answer_frac went 0.37 -> 1.0. A
-#   constant guess scored about as often as the 135M model's reasoning, and cost fewer tokens.
-#   Greedy on the 500 test problems the trained policy answered 10 to 497 and was right on
-#   exactly the 12 whose answer is 10: accuracy 2.0% -> 2.4% (CI -1.3 to +2.1), format 74.8%
-#   -> 99.4%. Both changes went in one run, so which one drove the collapse is not separated;
-#   the 11-29 run (lr 5e-6, all problems) showed no such drift (0.2-0.3 over 163 iterations).
+#   removed): without it the answer came to be stated once but not at the end; with it the
+#   untrained checkpoint already answers mostly in the format, so the reward's signal can go to
+#   the answers rather than to the layout (more examples: a longer prompt for little more);
 # - the `gsm8k_steps` reward (0.5): credit for the intermediate values of the reference
-#   solution, the F1 of those the completion writes. Scored afterwards on the 11-29 run's 652
-#   groups, 11% had any variance in accuracy and 55% in this credit; and a constant guess earns
-#   none of it. 2026-11-30 run (108 iterations in 56 min; more rows with an advantage, so
-#   30 s an iteration against 20 s): 72% of groups had reward variance; the samples' credit
-#   went 0.09 -> 0.10-0.11 per 20 iterations, their accuracy stayed at 1.1-2.8%; no guessing
-#   (cross_prompt_answer_frac 0.16-0.22). Test: 2.2% -> 3.4% (CI -0.9 to +3.3), format 98.6%;
-#   11 problems lost and 17 gained, none right both times. The same at lr 1e-5 (116
-#   iterations, NOT kept): credit 0.08-0.11 and accuracy 0.8-2.2% per 20 iterations, no trend;
-#   test 2.2% -> 2.4% (CI -1.6 to +2.0), format 99.6%.
-# - NOT kept (2026-11-30, 93 iterations in 56 min): the same recipe trained only on the 135
-#   problems the three runs above had solved at least once in 24 samples (data.pass_rates,
-#   `--pass-rates-from` their rollouts; mean rate 8.9% there). 24% of groups had accuracy
-#   variance (11% before), but the samples' accuracy on those problems was 3.9%, 3.5%, 5.6% in
-#   the three passes over them (the selection had favoured lucky problems), and the test went
-#   2.2% -> 1.6% (CI -2.2 to +1.0), format 97.6%; 7 gained, 10 lost, 1 right both times.
-# - NOT kept (2026-11-30, 83 iterations in a 45-minute budget): G = 16, 2 prompts an iteration
-#   (`--set rollout.group_size=16 --set rollout.prompts_per_iteration=2`). 22% of groups had
-#   accuracy variance (11% at G = 8); the samples' accuracy stayed at 1.1-4.2% per 20
-#   iterations; test 2.2% -> 1.6% (CI -2.1 to +0.9), format 98.6%.
-# - NOT kept (2026-11-30, 127 iterations in 56 min): this recipe on the 1961 two-step problems
-#   (`--set 'data.train=[{name: gsm8k, split: train, max_steps: 2}]'`), which separates the
-#   two-step run's data from its lr. The step credit slowed the guessing but did not stop it:
-#   cross_prompt_answer_frac 0.31 -> 0.52, samples answering 10, 12, 15 or 20 16% -> 42%, and
-#   254 of 500 greedy test answers were 10, 12 or 15. Test 2.0% -> 3.2% (CI -0.6 to +3.0),
-#   format 98.8%; 14 gained, 8 lost, 2 right both times.
+#   solution, the F1 of those the completion writes; far more groups carry reward variance than
+#   with accuracy alone, and a constant guess earns none of it. A correct answer still outweighs
+#   any credit.
+# Tried and not kept: the two-step problems only (data.train max_steps 2: at lr 1e-5 the policy
+# learned to answer one number to every question, and with this recipe it still drifted toward
+# a few), only the problems earlier runs solved sometimes (data.pass_rates), G = 16 with 2
+# prompts an iteration, and lr 1e-5: none did better on the test problems.
 RECIPE = {
     "data": {"prompt": {"few_shot": 1}},
     "rollout": {"prompts_per_iteration": 4, "group_size": 8, "max_new_tokens": 200,
@@ -109,7 +81,7 @@ RECIPE = {
 QUICK = {"rollout": {"prompts_per_iteration": 2, "group_size": 2, "max_new_tokens": 16},
          "train": {"iterations": 2, "checkpoint_every": 1000, "micro_batch_size": 4}}
 EVAL_KV_CACHE_GIB = 2.0
-MARK_START, MARK_END = "<!-- learning:start -->", "<!-- learning:end -->"
+EXPERIMENTS = REPO / "docs" / "experiments.md"  # the lab notebook: entries appended, oldest first
 
 
 def recipe(pass_rates_from: list[str] | None = None, sets: list[str] = ()) -> dict:
@@ -163,21 +135,18 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
     """Greedy answers of `checkpoint` on the configured GSM8K rows -> per-problem JSON."""
     from transformers import AutoTokenizer
 
-    from flows.session import _engine_options, _load_data
+    from flows.run.inputs import engine_options, load_data, prompt_renderer
     from grpo_core.config import load_config
     from grpo_core.evaluation.metrics import evaluate_frame
-    from grpo_core.data.prompts import render_prompts
     from grpo_core.rollout import make_engine
 
     cfg = load_config(params)
-    _, sets, shots = _load_data(cfg)
+    _, sets, shots = load_data(cfg)
     frame = sets["gsm8k"]
-    tok = AutoTokenizer.from_pretrained(checkpoint)
-    p = cfg.data.prompt
-    prompts = render_prompts(tok, frame["question"].tolist(), system=p.system,
-                             instruction=p.instruction, few_shot=shots)
+    render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
+    prompts = render(frame["question"].tolist())
     # 500 prompts at once: a larger KV cache than one rollout batch's runs more of them together
-    options = {**_engine_options(cfg), "cpu_kv_cache_gib": EVAL_KV_CACHE_GIB}
+    options = {**engine_options(cfg), "cpu_kv_cache_gib": EVAL_KV_CACHE_GIB}
     engine = make_engine(cfg.rollout.engine, checkpoint, **options)
     start = time.perf_counter()
     try:
@@ -194,17 +163,17 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
 def mark_formatted(result: dict, answer_format: str) -> dict:
     """Flag each record's completion by three criteria, and their rates: `formatted`, the
     `format` reward's full credit (hashes: one '#### <number>' line, the last); `stated_once`,
-    its half credit (one such line anywhere); `any_hashes_line`, the lax criterion of
-    ENVIRONMENT.md's baseline (some line starts with '####' and a number). Reused evaluations
+    its half credit (one such line anywhere); `any_hashes_line`, the lax criterion of the first
+    baseline (some line starts with '####' and a number; docs/experiments.md). Reused evaluations
     are re-marked, so a change of the criteria reaches them too."""
-    from grpo_core.rewards.functions import _FORMATS, _HALF_FORMATS, _has_number
+    from grpo_core.rewards.functions import FORMATS, HALF_FORMATS, has_number
 
     def any_line(text: str) -> bool:
-        return any(line.strip().startswith("####") and _has_number(line.strip()[4:])
+        return any(line.strip().startswith("####") and has_number(line.strip()[4:])
                    for line in text.splitlines())
 
-    tests = {"formatted": _FORMATS[answer_format],
-             "stated_once": _HALF_FORMATS.get(answer_format, _FORMATS[answer_format]),
+    tests = {"formatted": FORMATS[answer_format],
+             "stated_once": HALF_FORMATS.get(answer_format, FORMATS[answer_format]),
              "any_hashes_line": any_line}
     records = result["records"]
     for key, test in tests.items():
@@ -280,12 +249,12 @@ def spent_before_resume(root: Path) -> dict:
     return {"iteration": meta["iteration"], "minutes": minutes}
 
 
-def reward_history(root: Path) -> dict[str, list[tuple[int, float]]]:
-    """reward/<fn>/mean per step from the run's MLflow store."""
+def reward_history(root: Path, experiment: str = "learning") -> dict[str, list[tuple[int, float]]]:
+    """reward/<fn>/mean per step from the run's MLflow store (its latest run)."""
     import mlflow
 
     client = mlflow.tracking.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("learning")
+    exp = client.get_experiment_by_name(experiment)
     run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
     out = {}
     for key in run.data.metrics:
@@ -295,7 +264,8 @@ def reward_history(root: Path) -> dict[str, list[tuple[int, float]]]:
     return out
 
 
-def plot(history: dict, png: Path) -> Path:
+def plot(history: dict, png: Path,
+         title: str = "GRPO on GSM8K train: total and per-function rewards") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -306,7 +276,7 @@ def plot(history: dict, png: Path) -> Path:
         steps, values = zip(*points) if points else ((), ())
         ax.plot(steps, values, marker=".", label=key.removeprefix("reward/").removesuffix("/mean"))
     ax.set(xlabel="iteration", ylabel="mean reward per completion",
-           title="GRPO on GSM8K train: total and per-function rewards")
+           title=title)
     ax.legend()
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
@@ -315,7 +285,9 @@ def plot(history: dict, png: Path) -> Path:
     return png
 
 
-def readme_table(s: dict) -> str:
+def results_table(s: dict) -> str:
+    """A run's summary (learning.json) -> its results table and one line of training figures
+    and recipe, as its entry in docs/experiments.md shows them."""
     b, a, d = s["before_paired"], s["after"], s["difference"]
     full = s["before"]
     r = s["recipe"]
@@ -328,7 +300,7 @@ def readme_table(s: dict) -> str:
         f"{b['formatted']:.1%} | {a['formatted']:.1%} |",
         f"| answer stated once as `#### <number>`, anywhere (half credit) | "
         f"{b['stated_once']:.1%} | {a['stated_once']:.1%} |",
-        f"| some line starts with `#### <number>` (ENVIRONMENT.md's baseline criterion) | "
+        f"| some line starts with `#### <number>` (the first baseline's criterion) | "
         f"{b['any_hashes_line']:.1%} | {a['any_hashes_line']:.1%} |",
     ]
     if full["count"] != b["count"]:
@@ -344,8 +316,7 @@ def readme_table(s: dict) -> str:
         f"{pass_rate_words(s.get('pass_rates'))}, "
         f"{r['rollout']['prompts_per_iteration']} prompts x "
         f"{r['rollout']['group_size']} samples x {r['rollout']['max_new_tokens']} tokens, rewards "
-        f"{r['reward']['functions']}, beta {r['algorithm']['beta']}, lr {r['train']['learning_rate']}. "
-        f"Reward curve: `bench/results/learning_rewards.png`; figures: `bench/results/learning.json`.",
+        f"{r['reward']['functions']}, beta {r['algorithm']['beta']}, lr {r['train']['learning_rate']}.",
     ]
     return "\n".join(rows)
 
@@ -388,24 +359,57 @@ def resumed_note(resumed: dict | None) -> str:
             f"{resumed['minutes']:.1f} min in, after the first process died")
 
 
-def update_readme(table: str) -> None:
-    path = REPO / "README.md"
-    text = path.read_text()
-    if MARK_START not in text:
-        print("README has no learning markers; table not written")
-        return
-    head, rest = text.split(MARK_START, 1)
-    _, tail = rest.split(MARK_END, 1)
-    path.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}")
+def record_run(summary: dict, *, results: Path = RESULTS, log: Path = EXPERIMENTS,
+               date: str | None = None, tag: str | None = None, command: str = "") -> Path:
+    """Keep a finished run: `results`/learning.json (the latest run, which run_all reads), a
+    dated copy learning_<date>[_<tag>].json beside its reward curve, and a dated entry appended
+    to the lab notebook `log`. Never the README: people write it. A name already taken (a second
+    run that day) gets _2, _3, ... rather than overwriting. Returns the dated JSON."""
+    import shutil
+
+    date = date or time.strftime("%Y-%m-%d")
+    base = f"learning_{date}" + (f"_{tag}" if tag else "")
+    stem, n = base, 1
+    while (results / f"{stem}.json").exists():
+        n += 1
+        stem = f"{base}_{n}"
+    png, dated_png = Path(summary["png"]), results / f"{stem}_rewards.png"
+    if png.is_file():
+        shutil.copyfile(png, dated_png)
+    dated = {**summary, "png": str(dated_png)}
+    save_json(summary, results / "learning.json")
+    save_json(dated, results / f"{stem}.json")
+    append_entry(log, experiment_entry(dated, date=date, stem=stem, command=command))
+    return results / f"{stem}.json"
+
+
+def experiment_entry(s: dict, *, date: str, stem: str, command: str = "") -> str:
+    """The notebook entry of one run: a dated heading, its files, the command, its table."""
+    lines = [f"## {date}: learning run `{stem}` (bench/learning.py)", "",
+             f"Result: `bench/results/{stem}.json`, reward curve `bench/results/{stem}_rewards.png`."]
+    if command:
+        lines.append(f"Command: `{command}`.")
+    return "\n".join([*lines, "", results_table(s)])
+
+
+def append_entry(log: Path, entry: str) -> None:
+    """Append `entry` at the end of the notebook (oldest first), one blank line before it."""
+    text = log.read_text() if log.is_file() else "# Experiments\n"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"{text.rstrip()}\n\n{entry.strip()}\n")
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--minutes", type=float, default=55.0,
-                    help="train.max_minutes (the issue's budget is 60 min of training)")
+    ap.add_argument("--task", choices=("arithmetic", "gsm8k"), default="arithmetic",
+                    help="arithmetic: the built-in task, judged by the flow's own before/after "
+                         "evaluation (bench/learning_task.py); gsm8k: GSM8K train only")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="train.max_minutes (default: 30 for arithmetic, 55 for gsm8k)")
     ap.add_argument("--eval-rows", type=int, default=500)
     ap.add_argument("--workdir", default="/tmp/grpo-learning")
-    ap.add_argument("--quick", action="store_true", help="tiny settings, no README update")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny settings; writes nothing to bench/results or docs/")
     ap.add_argument("--reuse-evals", action="store_true",
                     help="keep eval_before.json / eval_after.json already in the workdir")
     ap.add_argument("--resume", action="store_true",
@@ -413,7 +417,7 @@ def main() -> int:
                          "of --minutes, then evaluate; implies --reuse-evals")
     ap.add_argument("--engine", default="vllm", choices=("vllm", "hf"),
                     help="rollout.engine for training and evaluation (hf: when other vLLM CPU "
-                         "processes share the cores, see README)")
+                         "processes share the cores)")
     ap.add_argument("--after-rows", type=int, default=None,
                     help="evaluate the trained policy on only the first N of the rows (time box)")
     ap.add_argument("--pass-rates-from", nargs="+", metavar="ROLLOUTS", default=None,
@@ -422,8 +426,18 @@ def main() -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="change one RECIPE value for this run, e.g. rollout.group_size=16 "
                          "(repeatable; checked by the config when training starts)")
+    ap.add_argument("--tag", default=None, help="names this run's dated result files and "
+                    "notebook entry: bench/results/learning_<date>_<tag>.json")
     ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.task == "arithmetic" and not args.eval:
+        import learning_task
+
+        args.minutes = args.minutes or 30.0
+        if args.workdir == "/tmp/grpo-learning":
+            args.workdir = "/tmp/grpo-learning-task"
+        return learning_task.main(args)
+    args.minutes = args.minutes or 55.0
     if args.eval:
         evaluate(Path(args.eval[0]), args.eval[1], Path(args.eval[2]))
         return 0
@@ -495,8 +509,11 @@ def main() -> int:
     print(f"accuracy difference {mean:+.3f} (95% CI {lo:+.3f} to {hi:+.3f}); "
           f"{iterations} iterations in {summary['train_minutes']:.1f} min; plot {png}")
     if not args.quick:
-        save_json(summary, RESULTS / "learning.json")
-        update_readme(readme_table(summary))
+        import shlex
+
+        dated = record_run(summary, tag=args.tag,
+                           command=shlex.join(["bench/learning.py", *sys.argv[1:]]))
+        print(f"results: {dated}; notebook entry appended to {EXPERIMENTS}", flush=True)
     else:
         save_json(summary, root / "learning.json")
     drop_resume_state(root)
@@ -505,7 +522,7 @@ def main() -> int:
 
 def drop_resume_state(root: Path) -> None:
     """Both evaluations are written and the budget is spent, so `--resume` has nothing left to
-    continue: free the resume state (policy, Adam's moments, RNG; 1.6 GB for SmolLM2-135M).
+    continue: free the resume state (policy, Adam's moments, RNG: about 12 bytes a parameter).
     Scratch folders kept for their rollouts and evaluations filled the disk otherwise."""
     import shutil
 

@@ -10,7 +10,7 @@ Each case runs --repeats times (default 3; 1 with --quick) on the same engine af
 generation; the figures are medians, and `runs_tokens_per_s` keeps every run's rate. tokens/s
 counts generated tokens (EOS included) over the wall time of `generate`, prompt encoding
 included. Targets (issue 4): vLLM >= 3x transformers on CPU; sync < 1 s for 135M.
-About 35 minutes on 2 cores at the default settings, most of it transformers' greedy case.
+Most of its time goes to transformers' greedy case (durations: docs/benchmarks.md).
 The SFT checkpoint is the bundled SmolLM2-135M-Instruct, materialised into models/sft.
 """
 
@@ -27,9 +27,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import add_repeats_option, median, repeats_of  # noqa: E402
-for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
-                   "DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
-    os.environ.setdefault(key, value)
+from grpo_core.env import apply_defaults  # noqa: E402
+
+apply_defaults(offline=True)
 
 INSTRUCTION = "\nSolve step by step and write the final answer as a number after '####'."
 QUESTIONS = ["What is 15 + 27?", "A train travels 60 km in 1.5 hours. What is its speed?",

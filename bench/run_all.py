@@ -2,7 +2,7 @@
 
 Each benchmark writes its own JSON under bench/results/ and prints its own figures (shown as
 it runs); this collects them into bench/results/summary.json with the load averages seen before
-and after each, and prints a table of the headline figures. The learning run (about 65 minutes)
+and after each, and prints a table of the headline figures. The learning run (a 55-minute budget)
 is not part of `make bench`; run `bench/learning.py` for it, or pass --learning.
 
     .venv/bin/python bench/run_all.py [--quick] [--only vs_trl iteration] [--learning]
@@ -120,7 +120,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="each benchmark's smoke settings")
     ap.add_argument("--only", nargs="+", choices=sorted(SUITE) + ["learning"])
-    ap.add_argument("--learning", action="store_true", help="also the ~65-minute learning run")
+    ap.add_argument("--learning", action="store_true", help="also the learning run (a 55-minute training budget)")
     args = ap.parse_args()
     suite = dict(SUITE, **({"learning": LEARNING} if args.learning else {}))
     names = args.only or list(suite)

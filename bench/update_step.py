@@ -11,8 +11,8 @@ Time is wall-clock seconds, the median of --repeats runs of the case in its proc
 3, each run timed alone; `runs_seconds` keeps them all: the first pays the one-time set-up of
 the process); memory is the peak RSS of the subprocess (CPU) or `torch.cuda.max_memory_allocated`
 (GPU) over all its runs, minus the footprint right after loading the model.
-`--quick`: 8 completions of 128 tokens, fewer cases, one run each (a smoke run, a few minutes on
-2 cores). The full run takes about 20 minutes on 2 cores.
+`--quick`: 8 completions of 128 tokens, fewer cases, one run each (a smoke run). How long the
+full run takes: docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def worker(case: dict, model_dir: str) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     base = peak_mb(device) if device.type == "cuda" else _rss_mb()
-    run = _run_update if case["kind"] == "update" else _run_logprobs
+    run = run_update if case["kind"] == "update" else run_logprobs
     runs, extra = run(model, batch, case)
     return dict(case, device=device.type, seconds=median(runs), runs_seconds=runs,
                 peak_mb=peak_mb(device) - base, tokens=int(batch.completion_mask.sum()), **extra)
@@ -90,7 +90,7 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def _run_update(model, batch, case):
+def run_update(model, batch, case):
     from grpo_core.algorithm.optim import UpdateHyper
     from grpo_core.algorithm.learner import Learner
 
@@ -101,7 +101,7 @@ def _run_update(model, batch, case):
     return runs, {"loss": metrics["loss"]}
 
 
-def _run_logprobs(model, batch, case):
+def run_logprobs(model, batch, case):
     import torch
 
     from grpo_core.algorithm.logprobs import naive_token_logprobs, token_logprobs

@@ -6,8 +6,8 @@ with the product's instruction, 4 prompts x G = 8 completions x 128 new tokens, 
 beta 0.04, clip 0.2, one update per batch, lr 1e-6, reward = gsm8k_accuracy + 0.5 x format,
 and the same loss aggregation (ours `token_mean` is TRL's `dapo`: one mean over every
 completion token of the batch). TRL runs on CPU: its vLLM path needs CUDA, so TRL generates
-with transformers `generate`, in micro-batches of 8 (32 at once ran out of memory here,
-ENVIRONMENT.md), 4 accumulation steps = one optimizer step per 32 completions. TRL runs once
+with transformers `generate`, in micro-batches of 8 (32 at once ran out of memory on the
+2-core machines; docs/benchmarks.md), 4 accumulation steps = one optimizer step per 32 completions. TRL runs once
 per precision in `--trl-precisions` (default: float32, and also bfloat16 mixed precision,
 TRL's own default, where the hardware has native bfloat16); the ratios are against the
 fastest TRL run. Ours runs on its defaults (`auto` dtypes: bfloat16 where native).
@@ -106,7 +106,7 @@ def wall_periods(root: Path) -> list[float]:
 def trl_rewards():
     """Our reward functions in TRL's calling convention (conversational completions)."""
     from grpo_core.rewards.answers import gsm8k_correct
-    from grpo_core.rewards.functions import _FORMATS
+    from grpo_core.rewards.functions import FORMATS
 
     def text(c):
         return c[0]["content"] if isinstance(c, list) else c
@@ -115,7 +115,7 @@ def trl_rewards():
         return [float(gsm8k_correct(text(c), a)) for c, a in zip(completions, answer)]
 
     def format_(completions, **_):
-        return [float(_FORMATS["hashes"](text(c))) for c in completions]
+        return [float(FORMATS["hashes"](text(c))) for c in completions]
 
     return [gsm8k_accuracy, format_]
 

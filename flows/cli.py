@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from grpo_core.config import DEFAULT_PARAMS, Config, dump_yaml, load_config
+from grpo_core.env import apply_defaults
 from grpo_core.errors import UserError
 
 
@@ -60,7 +60,10 @@ COMMANDS: dict[str, Command] = {
     "evaluate": Command("evaluate a checkpoint on GSM8K and MATH-500 (a Prefect flow)",
                         "flows.evaluate:cli",
                         (arg("--checkpoint", default="models/grpo/final", metavar="DIR",
-                             help="HF model directory (default: %(default)s)"),)),
+                             help="HF model directory (default: %(default)s)"),
+                         arg("--baseline", default=None, metavar="DIR",
+                             help="also evaluate this model on the same problems and report "
+                                  "the paired change with its 95%% CI"))),
     "pipeline": Command("run every stage end to end (what `make run` runs)", "flows.pipeline:cli"),
     "serve": Command("serve the pipeline as a Prefect deployment on a cron schedule",
                      "flows.serve:cli",
@@ -121,20 +124,10 @@ class _NoUserErrorTraceback(logging.Filter):
         return True
 
 
-# Telemetry off and a patient Prefect start-up, unless the user's environment says otherwise.
-# (Hub access is not switched off here: `hf:` sources need it; the Makefile sets it offline.)
-ENV_DEFAULTS = {
-    "DO_NOT_TRACK": "1", "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "HF_HUB_DISABLE_TELEMETRY": "1", "VLLM_NO_USAGE_STATS": "1",
-    "MLFLOW_DISABLE_TELEMETRY": "true", "DVC_NO_ANALYTICS": "1", "GX_ANALYTICS_ENABLED": "false",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
-    "TOKENIZERS_PARALLELISM": "false",
-}
-
-
 def main(argv: list[str] | None = None) -> int:
-    for key, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    # telemetry off, patient start-up; hub access stays on for `hf:` sources (the Makefile
+    # and CI also switch it off)
+    apply_defaults(offline=False)
     args = _merged_options(build_parser().parse_args(argv))
     if not args.debug:
         for name in ("prefect.flow_runs", "prefect.task_runs"):

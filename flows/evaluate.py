@@ -1,6 +1,7 @@
 """Evaluation on GSM8K and MATH: greedy pass@1, sampled pass@k / maj@k, MATH by level and
 subject. `grpo evaluate --checkpoint DIR` runs it on its own (full sets by default, or
-`evaluate.datasets[*].rows`); the training flow calls `evaluate_sets` with its live engine.
+`evaluate.datasets[*].rows`); the training run calls `evaluate_sets` with its live engine
+(`flows.run.evaluation`).
 """
 
 from __future__ import annotations
@@ -11,26 +12,43 @@ import re
 from pathlib import Path
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
+from flows.run.inputs import engine_options, load_data, prompt_renderer
+from flows.run.values import THIN
 from grpo_core.config import Config, load_config
 from grpo_core.errors import UserError
 
 
-def evaluate_sets(engine, render, sets: dict, *, max_new_tokens: int, samples: int,
-                  temperature: float, time_limit_s: float, seed: int) -> dict[str, dict]:
-    """{dataset name: metrics} for each {name: processed rows} with prompts from `render`."""
+def evaluate_sets(engine, render, sets: dict, **settings) -> dict[str, dict]:
+    """{dataset name: metrics} for each {name: processed rows} with prompts from `render`
+    (`settings`: those of `score_sets`)."""
+    return score_sets(engine, render, sets, **settings)[0]
+
+
+def score_sets(engine, render, sets: dict, *, max_new_tokens: int, samples: int,
+               temperature: float, time_limit_s: float, seed: int
+               ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """({name: metrics}, {name: per-problem records}) for each {name: processed rows}: the
+    records are what a paired before/after comparison needs."""
     from tqdm.auto import tqdm
 
     from grpo_core.evaluation.metrics import evaluate_frame
 
-    results = {}
+    results, records = {}, {}
     for name, frame in tqdm(sets.items(), desc="evaluate", unit="set", leave=False):
-        metrics, _ = evaluate_frame(engine, render(frame["question"].tolist()), frame,
-                                    max_new_tokens=max_new_tokens, samples=samples,
-                                    temperature=temperature, time_limit_s=time_limit_s, seed=seed)
-        results[name] = metrics
-    return results
+        results[name], records[name] = evaluate_frame(
+            engine, render(frame["question"].tolist()), frame, max_new_tokens=max_new_tokens,
+            samples=samples, temperature=temperature, time_limit_s=time_limit_s, seed=seed)
+    return results, records
+
+
+def eval_settings(cfg: Config, *, quick: bool = False) -> dict:
+    """The decoding of an evaluation, as `score_sets` takes it: the same for the starting
+    checkpoint and the trained policy, in training and in `grpo evaluate`."""
+    e = cfg.evaluate
+    return dict(max_new_tokens=e.max_new_tokens, samples=1 if quick else e.samples,
+                temperature=e.temperature, time_limit_s=cfg.reward.timeout_s,
+                seed=cfg.rollout.seed)
 
 
 def flat_metrics(results: dict[str, dict], prefix: str) -> dict[str, float]:
@@ -45,6 +63,16 @@ def flat_metrics(results: dict[str, dict], prefix: str) -> dict[str, float]:
                     out[f"{prefix}/{name}/{group}/accuracy"] = sub["accuracy"]
             else:
                 out[f"{prefix}/{name}/{key.replace('@', '_at_')}"] = value
+    return out
+
+
+def by_dataset(flat: dict[str, float]) -> dict[str, dict]:
+    """{"eval/gsm8k/pass_at_4": x} -> {"gsm8k": {"pass@4": x}} (breakdowns left out)."""
+    out: dict[str, dict] = {}
+    for key, value in flat.items():
+        _, name, metric = key.split("/", 2)
+        if "/" not in metric:
+            out.setdefault(name, {})[metric.replace("_at_", "@")] = value
     return out
 
 
@@ -78,47 +106,51 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-@task(name="evaluate-checkpoint", cache_policy=NO_CACHE, persist_result=False)
-def evaluate_checkpoint(params: str, overrides: list[str], checkpoint: str) -> dict:
+@task(name="evaluate-checkpoint", **THIN)
+def evaluate_checkpoint(params: str, overrides: list[str], checkpoint: str
+                        ) -> tuple[dict[str, dict], dict[str, list[dict]]]:
+    """(metrics, per-problem records) of one saved model on the configured sets."""
     from transformers import AutoTokenizer
 
-    from grpo_core.data.prompts import render_prompts
     from grpo_core.rollout import make_engine
-    from flows.session import _engine_options, _load_data
 
     cfg = load_config(params, overrides)
     if not (Path(checkpoint) / "config.json").is_file():
         raise UserError(f"--checkpoint {checkpoint}: not a model directory (no config.json)")
-    _, sets, shots = _load_data(cfg)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-    p = cfg.data.prompt
-
-    def render(questions):
-        return render_prompts(tokenizer, questions, system=p.system, instruction=p.instruction,
-                              few_shot=shots)
-
-    engine = make_engine(cfg.rollout.engine, checkpoint, **_engine_options(cfg))
+    _, sets, shots = load_data(cfg)
+    render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
+    engine = make_engine(cfg.rollout.engine, checkpoint, **engine_options(cfg))
     try:
-        e = cfg.evaluate
-        return evaluate_sets(engine, render, sets, max_new_tokens=e.max_new_tokens,
-                             samples=e.samples, temperature=e.temperature,
-                             time_limit_s=cfg.reward.timeout_s, seed=cfg.rollout.seed)
+        return score_sets(engine, render, sets, **eval_settings(cfg))
     finally:
         engine.close()
 
 
 @flow(name="grpo-evaluate")
 def evaluate_flow(params: str = "params.yaml", overrides: list[str] | None = None,
-                  checkpoint: str = "models/grpo/final") -> dict:
-    results = evaluate_checkpoint(params, overrides or [], checkpoint)
-    cfg = load_config(params, overrides or [])
-    write_results(results, cfg.evaluate.output)
+                  checkpoint: str = "models/grpo/final", baseline: str | None = None) -> dict:
+    """Evaluate `checkpoint`; with `baseline`, evaluate it on the same problems too and add
+    the paired before -> after comparison to each set's metrics."""
+    from flows.comparison import attach, compare_sets
+
+    overrides = overrides or []
+    results, records = evaluate_checkpoint(params, overrides, checkpoint)
+    if baseline is not None:
+        _, before = evaluate_checkpoint(params, overrides, baseline)
+        results = attach(results, compare_sets(before, records))
+    write_results(results, load_config(params, overrides).evaluate.output)
     return results
 
 
 def cli(cfg: Config, args: argparse.Namespace) -> int:
-    """`grpo evaluate [--checkpoint DIR]`: evaluate a saved model, print a table, write JSON."""
-    results = evaluate_flow(args.params, args.overrides, checkpoint=args.checkpoint)
+    """`grpo evaluate [--checkpoint DIR] [--baseline DIR]`: evaluate a saved model (and
+    compare it with a baseline model), print a table, write JSON."""
+    from flows.comparison import from_results, table
+
+    results = evaluate_flow(args.params, args.overrides, checkpoint=args.checkpoint,
+                            baseline=args.baseline)
     print(format_table(results))
+    if args.baseline is not None:
+        print(f"\n{args.checkpoint} against {args.baseline}:\n{table(from_results(results))}")
     print(f"results written to {cfg.evaluate.output}")
     return 0

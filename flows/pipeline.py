@@ -11,12 +11,10 @@ import argparse
 import sys
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
+from flows.run.values import THIN
 from grpo_core.config import Config, load_config
 from grpo_core.errors import UserError
-
-THIN = dict(cache_policy=NO_CACHE, persist_result=False)
 
 
 @task(name="prepare", **THIN)
@@ -63,22 +61,14 @@ def pipeline_flow(params: str = "params.yaml", overrides: list[str] | None = Non
 
 def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo pipeline`: run everything, print the results and where to look at them."""
-    from flows.evaluate import format_table
+    from flows.evaluate import by_dataset, format_table
     from flows.tracking import tracking_uri
+    from flows.train import print_comparison
 
     results = pipeline_flow(args.params, args.overrides)
-    print(format_table(_by_dataset(results)))
+    print(format_table(by_dataset(results)))
+    print_comparison(results)
     print(f"\nevaluation: {cfg.evaluate.output}   final model: {cfg.train.output_dir}/final")
     print(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
           f"{tracking_uri(cfg.tracking.mlflow_tracking_uri)} --host 127.0.0.1")
     return 0
-
-
-def _by_dataset(flat: dict[str, float]) -> dict[str, dict]:
-    """{"eval/gsm8k/pass_at_4": x} -> {"gsm8k": {"pass@4": x}} (breakdowns left out)."""
-    out: dict[str, dict] = {}
-    for key, value in flat.items():
-        _, name, metric = key.split("/", 2)
-        if "/" not in metric:
-            out.setdefault(name, {})[metric.replace("_at_", "@")] = value
-    return out

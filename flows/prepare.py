@@ -1,7 +1,9 @@
-"""`grpo prepare`: raw GSM8K/MATH -> data/processed/<name>_<split>.parquet (+ manifest.json).
+"""`grpo prepare`: every dataset split the run uses -> data/processed/<name>_<split>.parquet
+(+ manifest.json).
 
-Thin glue: the datasets are the training mixture's and the evaluation's splits; the data comes
-from data.dir, else $GRPO_DATA_DIR, else the Hugging Face hub.
+Thin glue: the datasets are the training mixture's and the evaluation's splits. GSM8K and MATH
+come from data.dir, else $GRPO_DATA_DIR, else the Hugging Face hub; arithmetic is generated;
+a data.custom dataset comes from its own files (or its hub id).
 """
 
 from __future__ import annotations
@@ -35,10 +37,19 @@ def processed_paths(cfg: Config, splits: list[tuple[str, str]]) -> dict[str, Pat
             for n, s in splits}
 
 
+def sources(cfg: Config) -> dict[str, data.Source]:
+    """The built-in datasets and the user's own (data.custom), by name."""
+    from grpo_core.data.custom import UserDataset, user_sources
+
+    mine = {name: UserDataset(**spec.model_dump()) for name, spec in cfg.data.custom.items()}
+    return {**data.SOURCES, **user_sources(mine)}
+
+
 def run(cfg: Config) -> tuple[dict[str, Path], dict]:
     train = train_splits(cfg)
     paths, metrics = data.prepare(data_dir(cfg), cfg.data.processed_dir, train + eval_splits(cfg),
-                                  decontaminate=train if cfg.data.decontaminate else ())
+                                  decontaminate=train if cfg.data.decontaminate else (),
+                                  sources=sources(cfg))
     manifest = Path(cfg.data.processed_dir) / "manifest.json"
     manifest.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
     return paths, metrics

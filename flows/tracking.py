@@ -69,6 +69,9 @@ class Tracker:
         for i in range(0, len(batch), 1000):
             self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
 
+    def has_step(self, key: str, step: int) -> bool:
+        return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
+
     def last_step(self, key: str) -> int | None:
         history = self.client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=None)
@@ -80,8 +83,9 @@ class Tracker:
         """A JSON artifact in the layout of MLflow's own tables ({"columns", "data"}).
 
         Not `MlflowClient.log_table`: it lists every table of the run in one run tag, which
-        the store cuts at 8,000 characters, so the ~150th table (a training run's 150th
-        iteration) fails to parse that tag and the run dies (seen in a 55-minute run)."""
+        the store cuts at 8,000 characters, so once a run has logged enough tables (one an
+        iteration) that tag no longer parses and the run dies (the 2026-11-29 learning run,
+        docs/experiments.md)."""
         table = {"columns": [str(c) for c in frame.columns],
                  "data": frame.astype(object).where(frame.notna(), None).values.tolist()}
         self.client.log_dict(self.run_id, table, artifact_file)

@@ -2,14 +2,16 @@
 -> resume state -> MLflow; every K iterations a checkpoint and a quick evaluation; at the end
 the final model and a full evaluation.
 
-Prefect tasks here are thin and pass only a run key, iteration numbers and paths. The live
-objects (policy, optimizer, vLLM engine, tracker) stay in one process in `session.LIVE`, so
-no model or tensor goes through Prefect's input hashing or result store.
+Prefect tasks here are thin. Each returns a typed value (`flows.run.values`: the rollout, the
+scored batch, the metrics) that the flow body hands to the next task. The long-lived objects
+(policy and optimizer, vLLM engine, tracker) stay in this process in `flows.run.live.LIVE`
+and tasks find them by the run's key. No value goes through Prefect's hashing, result store
+or input walk (`THIN`, `call`).
 
 Under `torchrun --nproc_per_node N` every rank runs this same loop on its P / N prompts with
 its own engine (see README, "Scaling out"). Rank 0 alone runs it as the Prefect flow and
 alone writes records, checkpoints, resume state and MLflow logs; the other ranks call the
-task functions directly (`_call`: `task.fn`, no Prefect server, no task runs), so the
+task functions directly (`call`: `task.fn`, no Prefect server, no task runs), so the
 Prefect UI shows one flow run per job.
 """
 
@@ -20,20 +22,20 @@ import json
 import time
 
 from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
 
-from flows import session
-from flows.session import LIVE
-from grpo_core.parallel import distributed
+from flows.run import writers
+from flows.run.console import Budget, headline, progress
+from flows.run.evaluation import baseline_records, evaluate_live, final_evaluation
+from flows.run.live import LIVE, close_run, open_run, restart_engine
+from flows.run.values import THIN, Rollout, ScoredBatch, call
+from grpo_core.algorithm.experience import (advantages_for, draw_prompts, record_columns,
+                                            rollout_metrics, score_groups, update_batch)
 from grpo_core.config import Config, load_config
-from grpo_core.algorithm.experience import (advantages_for, draw_prompts, record_columns, rollout_metrics,
-                                 score_groups, update_batch)
-
-THIN = dict(cache_policy=NO_CACHE, persist_result=False)
+from grpo_core.parallel import distributed
 
 
 @task(name="rollout", retries=2, retry_delay_seconds=1, **THIN)
-def rollout_task(key: str, iteration: int) -> str:
+def rollout_task(key: str, iteration: int) -> Rollout:
     """Sample G completions for P prompts; the engine is rebuilt if it died (then retried)."""
     run = LIVE[key]
     cfg = run.cfg.rollout
@@ -43,46 +45,46 @@ def rollout_task(key: str, iteration: int) -> str:
     try:
         result = run.engine.generate(prompts, cfg.group_size, run.sampling(iteration))
     except Exception:
-        session.restart_engine(run)  # a fresh engine with the current policy weights
+        restart_engine(run)  # a fresh engine with the current policy weights
         raise
-    run.scratch = {"rows": rows, "prompts": prompts, "result": result}
-    return str(run.write_records(iteration))
+    records = writers.write_records(run, iteration, rows, prompts, result)
+    metrics = rollout_metrics(result) | {"time/rollout_s": result.seconds}
+    return Rollout(iteration, rows, prompts, result, records, metrics)
 
 
 @task(name="reward", **THIN)
-def reward_task(key: str, iteration: int) -> dict[str, float]:
+def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
     """Score every completion, compute group advantages, fill them into the records."""
-    run = LIVE[key]
-    s, cfg = run.scratch, run.cfg
+    cfg = LIVE[key].cfg
     start = time.perf_counter()
     rewards, per_fn, metrics = score_groups(
-        s["result"], s["rows"], weights=dict(cfg.reward.functions),
+        rollout.result, rollout.rows, weights=dict(cfg.reward.functions),
         time_limit_s=cfg.reward.timeout_s, max_new_tokens=cfg.rollout.max_new_tokens,
-        overlong_buffer=cfg.reward.overlong_buffer, prompts=s["prompts"],
+        overlong_buffer=cfg.reward.overlong_buffer, prompts=rollout.prompts,
         answer_format=cfg.reward.answer_format, reward_model_dir=cfg.reward.reward_model,
         reward_model_batch_size=cfg.reward.reward_model_batch_size)
     everything, mine = distributed.gather_groups(rewards)  # (P, G) over all ranks
     adv_all, adv_metrics = advantages_for(everything, cfg.algorithm.advantage, cfg.algorithm.eps)
     adv = adv_all[mine]  # this rank's groups; batch_std used the batch-wide std
-    s.update(rewards=rewards, advantages=adv, advantages_all=adv_all)
-    run.fill_records(iteration, record_columns(s["result"], rewards, per_fn, adv))
+    writers.fill_records(LIVE[key], rollout.iteration, rollout.records,
+                         record_columns(rollout.result, rewards, per_fn, adv))
     metrics.update(adv_metrics)
     metrics["time/reward_s"] = time.perf_counter() - start
-    return metrics
+    return ScoredBatch(rewards, per_fn, adv, adv_all, metrics)
 
 
 @task(name="update", **THIN)
-def update_task(key: str, iteration: int) -> dict[str, float]:
+def update_task(key: str, rollout: Rollout, scored: ScoredBatch) -> dict[str, float]:
     """One GRPO update on this iteration's rollouts (groups with zero reward variance are
-    dropped first when `algorithm.filter_zero_variance` is on)."""
+    dropped first when `algorithm.filter_zero_variance` is on); the update's metrics."""
     import torch
 
     from grpo_core.algorithm.advantages import zero_variance_groups
 
     run = LIVE[key]
-    s, algo = run.scratch, run.cfg.algorithm
-    keep = ~zero_variance_groups(s["rewards"]) if algo.filter_zero_variance else None
-    batch = update_batch(s["result"], s["advantages"], pad_id=run.pad_id, keep=keep,
+    algo = run.cfg.algorithm
+    keep = ~zero_variance_groups(scored.rewards) if algo.filter_zero_variance else None
+    batch = update_batch(rollout.result, scored.advantages, pad_id=run.pad_id, keep=keep,
                          use_sampler_logprobs=algo.tis_cap is not None)
     filtered = float((~keep).sum()) if keep is not None else 0.0
     metrics = {"groups/filtered": float(distributed.all_reduce(torch.tensor(filtered)))}
@@ -106,27 +108,40 @@ def sync_task(key: str) -> float:
 
 @task(name="save-state", **THIN)
 def save_state_task(key: str, iteration: int) -> str:
-    return str(session.save_resume_state(LIVE[key], iteration))
+    return str(writers.save_resume_state(LIVE[key], iteration))
 
 
 @task(name="log", retries=3, retry_delay_seconds=2, **THIN)  # sqlite may be locked briefly
-def log_task(key: str, iteration: int, metrics: dict[str, float]) -> None:
-    session.log_iteration(LIVE[key], iteration, metrics)
+def log_task(key: str, rollout: Rollout, scored: ScoredBatch, metrics: dict[str, float]) -> None:
+    writers.log_iteration(LIVE[key], rollout.iteration, metrics, records=rollout.records,
+                          advantages=scored.advantages_all)  # every rank's groups
 
 
 @task(name="checkpoint", **THIN)
 def checkpoint_task(key: str, iteration: int) -> str:
-    return str(session.save_checkpoint(LIVE[key], iteration))
+    return str(writers.save_checkpoint(LIVE[key], iteration))
+
+
+@task(name="baseline", retries=1, **THIN)
+def baseline_task(key: str) -> dict[str, list[dict]] | None:
+    """The starting checkpoint's evaluation (reused when unchanged): per-problem records."""
+    return baseline_records(LIVE[key])
+
+
+@task(name="quick-evaluate", retries=1, **THIN)
+def quick_evaluate_task(key: str, iteration: int) -> dict[str, float]:
+    return evaluate_live(LIVE[key], iteration)
 
 
 @task(name="evaluate", retries=1, **THIN)
-def evaluate_task(key: str, iteration: int, quick: bool) -> dict:
-    return session.evaluate_live(LIVE[key], iteration, quick=quick)
+def evaluate_task(key: str, iteration: int, baseline: dict | None) -> dict[str, float]:
+    """The final evaluation, compared with the baseline; the promotion gate."""
+    return final_evaluation(LIVE[key], iteration, baseline)
 
 
 @task(name="finish", **THIN)
 def finish_task(key: str) -> str:
-    return str(session.save_final(LIVE[key]))
+    return str(writers.save_final(LIVE[key]))
 
 
 @flow(name="grpo-train")
@@ -135,53 +150,49 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
     """Train from the SFT checkpoint (or resume the last run); returns the final evaluation
     (empty without `evaluate_at_end`: DVC runs evaluation as its own stage)."""
     cfg = load_config(params, overrides or [])
-    run = session.open_run(cfg, resume=resume)
+    run = open_run(cfg, resume=resume)
     try:
+        compare = evaluate_at_end and cfg.evaluate.baseline
+        baseline = call(baseline_task, run.key) if compare else None
         n, every = cfg.train.iterations, cfg.train.checkpoint_every
-        budget = session.Budget(cfg.train.max_minutes)
-        with session.progress(run, n) as bar:
+        budget = Budget(cfg.train.max_minutes)
+        with progress(run.start_iteration, n) as bar:
             for it in range(run.start_iteration, n + 1):
-                metrics = run_iteration(run.key, it)
+                rollout, scored, metrics = run_iteration(run.key, it)
                 last = it == n or distributed.any_rank(budget.spent())  # ranks agree
                 if it % every == 0 and not last:
-                    _call(checkpoint_task, run.key, it)
-                    metrics.update(_call(evaluate_task, run.key, it, quick=True))
+                    call(checkpoint_task, run.key, it)
+                    metrics.update(call(quick_evaluate_task, run.key, it))
                 # Log, then save: a kill in between reruns the iterations since the last save
                 # on resume, and their logs are skipped because MLflow already has the steps
                 # (no gap, no dupe; the rerun draws the same prompts and samples).
-                _call(log_task, run.key, it, metrics)
+                call(log_task, run.key, rollout, scored, metrics)
                 if it % cfg.train.resume_every == 0 or last:
-                    _call(save_state_task, run.key, it)
+                    call(save_state_task, run.key, it)
                 bar.update(metrics)
                 if last:
                     break
-        _call(finish_task, run.key)
-        results = (_call(evaluate_task, run.key, run.last_iteration, quick=False)
+        call(finish_task, run.key)
+        results = (call(evaluate_task, run.key, run.last_iteration, baseline)
                    if evaluate_at_end else {})
-        session.close_run(run, "FINISHED")
+        close_run(run, "FINISHED")
         return results
     except BaseException:
-        session.close_run(run, "FAILED")
+        close_run(run, "FAILED")
         raise
 
 
-def run_iteration(key: str, it: int) -> dict[str, float]:
-    """The tasks of one iteration, up to the weight sync; returns its metrics."""
+def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, float]]:
+    """The tasks of one iteration, up to the weight sync: the rollout, its scores, and the
+    iteration's metrics over all ranks (rank 0 logs the job's numbers)."""
     start = time.perf_counter()
-    _call(rollout_task, key, it)
-    result = LIVE[key].scratch["result"]
-    metrics = rollout_metrics(result)
-    metrics["time/rollout_s"] = result.seconds
-    metrics.update(_call(reward_task, key, it))
-    metrics.update(_call(update_task, key, it))
-    metrics["time/sync_s"] = _call(sync_task, key)
-    metrics["time/iteration_s"] = time.perf_counter() - start
-    return distributed.reduce_metrics(metrics)  # over all ranks: rank 0 logs the job's numbers
-
-
-def _call(task_obj, *args, **kwargs):
-    """A task as a Prefect task run on rank 0; the plain function on the other ranks."""
-    return (task_obj if distributed.is_main() else task_obj.fn)(*args, **kwargs)
+    rollout = call(rollout_task, key, it)
+    scored = call(reward_task, key, rollout)
+    updated = call(update_task, key, rollout, scored)
+    synced_s = call(sync_task, key)
+    metrics = {**rollout.metrics, **scored.metrics, **updated, "time/sync_s": synced_s,
+               "time/iteration_s": time.perf_counter() - start}
+    return rollout, scored, distributed.reduce_metrics(metrics)
 
 
 def cli(cfg: Config, args: argparse.Namespace) -> int:
@@ -195,6 +206,17 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     finally:
         distributed.shutdown()
     if results:
-        print(json.dumps(session.headline(results), indent=2))
+        print(json.dumps(headline(results), indent=2))
+        print_comparison(results)
     return 0
+
+
+def print_comparison(flat: dict[str, float]) -> None:
+    """The before -> after table of a final evaluation's flat metrics (when it has one)."""
+    from flows.comparison import from_results, table
+    from flows.evaluate import by_dataset
+
+    comparisons = from_results(by_dataset(flat))
+    if comparisons:
+        print(f"\nbefore -> after training, paired over the same problems:\n{table(comparisons)}")
 

@@ -10,15 +10,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli_environment() -> None:
-    """In-process flows get the same telemetry-off, patient-start-up environment as `grpo`."""
-    from flows.cli import ENV_DEFAULTS
+def _test_environment() -> None:
+    """In-process flows get the switches of `make test`: telemetry off, patient start-up,
+    no hub access (tests read local files only)."""
+    from grpo_core.env import apply_defaults
 
-    for key, value in ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
+    apply_defaults(offline=True)
 
 
-_cli_environment()
+_test_environment()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""Pure pieces of the benchmarks: the paired CI, the README table splice, the RSS of a tree."""
+"""Pure pieces of the benchmarks: the paired CI, the lab-notebook entry of a learning run, the
+RSS of a tree."""
 
 import importlib.util
 import math
@@ -29,27 +30,85 @@ def test_paired_ci_hand_computed():
     assert math.isclose(lo, 0.5 - half) and math.isclose(hi, 0.5 + half)
 
 
-def test_readme_table_names_the_training_data_of_stored_runs():
+def test_results_table_names_the_training_data_of_stored_runs():
     """The table regenerates from a stored result: the 11-30 run trained on 2-step problems,
     the 11-29 run (recorded before data limits existed) on all of GSM8K train."""
     import json
 
     learning = _load("learning")
     easy = json.loads((BENCH / "results" / "learning_2026-11-30_easy.json").read_text())
-    table = learning.readme_table(easy)
+    table = learning.results_table(easy)
     assert "training data gsm8k train (max_steps 2)," in table
     assert "| GSM8K test accuracy (greedy, first 500) | 2.0% | 2.4% |" in table
     kept = json.loads((BENCH / "results" / "learning.json").read_text())
-    assert "training data gsm8k train, 4 prompts" in learning.readme_table(kept)
+    assert "training data gsm8k train, 4 prompts" in learning.results_table(kept)
 
 
-def test_readme_table_between_markers(tmp_path, monkeypatch):
+def test_a_finished_run_is_appended_to_the_notebook_and_never_touches_the_readme(tmp_path):
+    """record_run (what a finished bench/learning.py run calls): learning.json, a dated copy
+    with its reward curve, and a dated entry at the END of the notebook, earlier text kept
+    byte for byte; a second run the same day gets _2 and its own entry after the first; a
+    missing notebook is created. The repository's README is not written."""
+    import hashlib
+    import json
+
     learning = _load("learning")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n{learning.MARK_START}\nold\n{learning.MARK_END}\ntail\n")
-    monkeypatch.setattr(learning, "REPO", tmp_path)
-    learning.update_readme("| new |")
-    assert readme.read_text() == f"# x\n{learning.MARK_START}\n| new |\n{learning.MARK_END}\ntail\n"
+    assert learning.EXPERIMENTS == BENCH.parent / "docs" / "experiments.md"
+    assert learning.EXPERIMENTS.is_file()  # the default target is the real notebook
+    readme = BENCH.parent / "README.md"
+    readme_md5 = hashlib.md5(readme.read_bytes()).hexdigest()
+
+    results, log = tmp_path / "results", tmp_path / "docs" / "experiments.md"
+    results.mkdir()
+    log.parent.mkdir()
+    old = "# Experiments\n\nIntro.\n\n## 2026-11-29: an older run\n\nWhat happened.\n"
+    log.write_text(old)
+    png = tmp_path / "learning_rewards.png"
+    png.write_bytes(b"\x89PNG curve")
+    summary = json.loads((BENCH / "results" / "learning_2026-11-30_easy.json").read_text())
+    summary["png"] = str(png)
+
+    first = learning.record_run(summary, results=results, log=log, date="2026-12-02",
+                                tag="easy", command="bench/learning.py --tag easy")
+    assert first == results / "learning_2026-12-02_easy.json"
+    dated = json.loads(first.read_text())
+    assert dated == {**summary, "png": str(results / "learning_2026-12-02_easy_rewards.png")}
+    assert json.loads((results / "learning.json").read_text()) == summary
+    assert (results / "learning_2026-12-02_easy_rewards.png").read_bytes() == b"\x89PNG curve"
+    entry = ("## 2026-12-02: learning run `learning_2026-12-02_easy` (bench/learning.py)\n\n"
+             "Result: `bench/results/learning_2026-12-02_easy.json`, reward curve "
+             "`bench/results/learning_2026-12-02_easy_rewards.png`.\n"
+             "Command: `bench/learning.py --tag easy`.\n\n"
+             f"{learning.results_table(dated)}\n")
+    assert log.read_text() == old + "\n" + entry
+    assert "| GSM8K test accuracy (greedy, first 500) | 2.0% | 2.4% |" in entry
+
+    second = learning.record_run(summary, results=results, log=log, date="2026-12-02",
+                                 tag="easy")
+    assert second == results / "learning_2026-12-02_easy_2.json"
+    assert json.loads(first.read_text()) == dated  # the first run's files are kept
+    text = log.read_text()
+    assert text.startswith(old + "\n" + entry + "\n## 2026-12-02: learning run "
+                           "`learning_2026-12-02_easy_2` (bench/learning.py)\n\n")
+    assert "Command:" not in text[len(old + "\n" + entry):]  # none given the second time
+    assert text.endswith(learning.results_table(json.loads(second.read_text())) + "\n")
+
+    fresh = tmp_path / "new" / "experiments.md"
+    learning.record_run(summary, results=results, log=fresh, date="2026-12-03")
+    assert fresh.read_text().startswith("# Experiments\n\n## 2026-12-03: learning run "
+                                        "`learning_2026-12-03` (bench/learning.py)\n")
+    assert (results / "learning_2026-12-03.json").is_file()
+    assert hashlib.md5(readme.read_bytes()).hexdigest() == readme_md5
+    assert not hasattr(learning, "update_readme")
+
+
+def test_every_stored_learning_run_has_its_notebook_entry():
+    """Each dated result file under bench/results/ is named by an entry of docs/experiments.md."""
+    notebook = (BENCH.parent / "docs" / "experiments.md").read_text()
+    stored = sorted((BENCH / "results").glob("learning_*.json"))
+    assert stored
+    missing = [p.name for p in stored if f"`bench/results/{p.name}`" not in notebook]
+    assert not missing, missing
 
 
 def test_run_child_reports_tree_memory(tmp_path):
@@ -65,7 +124,7 @@ def test_run_child_reports_tree_memory(tmp_path):
 
 def test_resume_budget_is_read_from_mlflow(tmp_path):
     """`learning.py --resume`: the minutes spent are from the run's start to the log of the
-    iteration the resume state holds (a real sqlite store), and the README line says so."""
+    iteration the resume state holds (a real sqlite store), and the results table says so."""
     import json
 
     from mlflow.entities import Metric
@@ -115,14 +174,14 @@ def test_saved_tensors_counts_weight_casts_only_under_autocast(tiny_llama_factor
     assert bf16.get("param/float32", 0) < f32["param/float32"]
 
 
-def test_readme_table_says_what_the_pass_rate_filter_kept():
+def test_results_table_says_what_the_pass_rate_filter_kept():
     import json
 
     learning = _load("learning")
     run = json.loads((BENCH / "results" / "learning_2026-11-30_passrate.json").read_text())
     assert ("training data gsm8k train (pass-rate filter: 135 of 7473 problems (pass rate "
             "0.01-0.99 of gsm8k_accuracy over >= 8 samples; 652 measured in 387 rollout "
-            "files)), 4 prompts") in learning.readme_table(run)
+            "files)), 4 prompts") in learning.results_table(run)
     assert learning.recipe(["a/rollouts"])["data"] == {"prompt": {"few_shot": 1},
                                                        "pass_rates": {"rollouts": ["a/rollouts"]}}
     assert learning.recipe(None) is learning.RECIPE
@@ -170,17 +229,17 @@ def test_update_step_repeats_each_case_without_accumulating_gradients(tiny_llama
     model = tiny_llama.train()
     shape = dict(rows=4, min_len=4, max_len=8)
     batch = update_step.make_batch(shape, model.config.vocab_size)
-    once, _ = update_step._run_logprobs(model, batch, dict(shape, method="chunked", chunk=16,
-                                                           repeats=1))
+    once, _ = update_step.run_logprobs(model, batch, dict(shape, method="chunked", chunk=16,
+                                                          repeats=1))
     grad_once = model.model.embed_tokens.weight.grad.clone()
-    runs, extra = update_step._run_logprobs(model, batch, dict(shape, method="chunked", chunk=16,
-                                                               repeats=3))
+    runs, extra = update_step.run_logprobs(model, batch, dict(shape, method="chunked", chunk=16,
+                                                              repeats=3))
     assert len(once) == 1 and len(runs) == 3 and math.isfinite(extra["logp_sum"])
     assert model.model.embed_tokens.weight.grad.allclose(grad_once)
 
-    runs, extra = update_step._run_update(model, batch, dict(shape, kind="update",
-                                                             autocast="float32", micro=2,
-                                                             ckpt=False, repeats=2))
+    runs, extra = update_step.run_update(model, batch, dict(shape, kind="update",
+                                                            autocast="float32", micro=2,
+                                                            ckpt=False, repeats=2))
     assert len(runs) == 2 and math.isfinite(extra["loss"])
     assert all(c["repeats"] == 2 for c in update_step.cases(quick=True, repeats=2))
 

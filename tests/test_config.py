@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import typing
 from pathlib import Path
@@ -18,15 +19,27 @@ REPO = Path(__file__).resolve().parents[1]
 # (test_every_rule_has_a_case checks that), so a new rule cannot land untested.
 RULES = [
     ("data.train=[]", "data.train must not be empty"),
+    ("promote.registered_model=''", "promote.registered_model must not be empty"),
+    ("promote.alias=''", "promote.alias must not be empty"),
+    ("promote.metric=pass", "promote.metric must be one of 'accuracy' or 'mean_of_k', got 'pass'"),
     ("data.train=[{name: gsm8k8}]",
-     "data.train.0.name must be one of 'gsm8k', 'math' or 'math500', got 'gsm8k8'"),
+     "data.train.0.name: must be a built-in dataset (gsm8k, math, math500, arithmetic) or a key "
+     "of data.custom (none defined), got 'gsm8k8'"),
     ("data.train=[{name: gsm8k, split: dev}]",
      "data.train.0.split must be one of 'train' or 'test', got 'dev'"),
     ("data.train=[{name: gsm8k, rows: 0}]", "data.train.0.rows must be >= 1, got 0"),
     ("data.train=[{name: gsm8k, max_steps: 0}]", "data.train.0.max_steps must be >= 1, got 0"),
     ("data.train=[{name: math, max_level: 6}]", "data.train.0.max_level must be <= 5, got 6"),
     ("data.train=[{name: gsm8k, max_level: 2}]",
-     "data.train.0: max_level is a MATH level; gsm8k has none, use max_steps"),
+     "data.train.0: max_level is a level of math, math500 or arithmetic; gsm8k has none, "
+     "use max_steps"),
+    ("data.train=[{name: arithmetic, max_steps: 2}]",
+     "data.train.0: max_steps counts GSM8K solution steps; arithmetic has levels, use max_level"),
+    ("data.custom.gsm8k={files: {train: a.jsonl}, checker: exact}",
+     "data.custom.gsm8k: gsm8k is a built-in dataset; give yours another name"),
+    ("data.custom.my set={files: {train: a.jsonl}, checker: exact}",
+     "data.custom.my set: a dataset name holds letters, digits, '_' and '-' (it names files "
+     "and metrics)"),
     ("evaluate.datasets=[{name: math500, split: test, max_steps: 2}]",
      "evaluate.datasets.0: max_steps counts GSM8K solution steps; math500 has levels, use max_level"),
     ("data.prompt.few_shot=-1", "data.prompt.few_shot must be >= 0, got -1"),
@@ -117,6 +130,41 @@ PASS_RATE_RULES = [
     ("data.pass_rates.min_samples=0", "data.pass_rates.min_samples must be >= 1, got 0"),
 ]
 
+# a dataset of your own: each case starts from this definition (the last override is the one
+# the message names)
+CUSTOM_ON = ("data.custom.caps={files: {train: my/train.jsonl, test: my/test.parquet}, "
+             "question: prompt, answer: target, checker: exact}")
+ALLOWED = "one of 'numeric', 'exact' or 'math_verify'"
+CUSTOM_RULES = [
+    (["data.custom.caps.checker=fuzzy"],
+     f"data.custom.caps.checker must be {ALLOWED}, got 'fuzzy'"),
+    (["data.custom.caps.question="], "data.custom.caps.question must not be empty"),
+    (["data.custom.caps.answer="], "data.custom.caps.answer must not be empty"),
+    (["data.custom.caps.solution="], "data.custom.caps.solution must not be empty"),
+    (["data.custom.caps.id="], "data.custom.caps.id must not be empty"),
+    (["data.custom.caps.hub="], "data.custom.caps.hub must not be empty"),
+    (["data.custom.caps.hub_config="], "data.custom.caps.hub_config must not be empty"),
+    (["data.custom.caps.question=7"], "data.custom.caps.question must be a valid string, got 7"),
+    (["data.custom.caps={files: {train: a.jsonl}}"], "data.custom.caps.checker is required"),
+    (["data.custom.caps.files={dev: a.jsonl}"],
+     "data.custom.caps.files keys must be one of 'train' or 'test', got 'dev'"),
+    (["data.custom.caps.files.train=my/train.csv"],
+     "data.custom.caps.files.train: must be a .jsonl, .json or .parquet file, "
+     "got 'my/train.csv'"),
+    (["data.custom.caps.files={}"],
+     "data.custom.caps: give files (a path per split) or hub (a Hugging Face dataset id)"),
+    (["data.train=[{name: capz}]"],
+     "data.train.0.name: must be a built-in dataset (gsm8k, math, math500, arithmetic) or a key "
+     "of data.custom (caps), got 'capz'"),
+    (["evaluate.datasets=[{name: caps, split: test, max_level: 2}]"],
+     "evaluate.datasets.0: caps is a data.custom dataset, without difficulty levels: drop "
+     "max_steps and max_level (use rows)"),
+    (["data.custom.caps.files={train: my/train.jsonl}",
+      "evaluate.datasets=[{name: caps, split: test}]"],
+     "evaluate.datasets.0.split: caps has no split 'test' (data.custom.caps.files has train; "
+     "or set hub)"),
+]
+
 TYPES = [
     ("train.iterations=abc", "train.iterations must be a valid integer, got 'abc'"),
     ("train.iterations=1.5", "train.iterations must be a valid integer, got 1.5"),
@@ -145,26 +193,48 @@ def test_pass_rate_override_rejected_with_exact_message(override, message):
     assert str(err.value) == f"--set {override}: {message}"
 
 
+@pytest.mark.parametrize("overrides, message", CUSTOM_RULES)
+def test_custom_dataset_rejected_with_exact_message(overrides, message):
+    with pytest.raises(UserError) as err:
+        load_config(None, [CUSTOM_ON, *overrides])
+    assert str(err.value) == f"--set {overrides[-1]}: {message}"
+
+
+def test_custom_dataset_is_used_by_name():
+    cfg = load_config(None, [CUSTOM_ON, "data.train=[{name: caps, rows: 3}, {name: arithmetic, "
+                             "max_level: 2}]", "evaluate.datasets=[{name: caps, split: test}]"])
+    caps = cfg.data.custom["caps"]
+    assert (caps.question, caps.answer, caps.solution, caps.checker) == ("prompt", "target",
+                                                                         None, "exact")
+    assert caps.files == {"train": "my/train.jsonl", "test": "my/test.parquet"}
+    assert [(d.name, d.rows, d.max_level) for d in cfg.data.train] == [("caps", 3, None),
+                                                                       ("arithmetic", None, 2)]
+    assert cfg.flat()["data.custom.caps.checker"] == "exact"
+
+
 def _constrained_fields(model: type[BaseModel] = Config, prefix: str = "", seen=None):
     """Yield dotted names of fields carrying a bound, a length rule or a fixed set of choices.
-    A section class used twice (DatasetSpec) is walked once, at its first place."""
+    A section class used twice (DatasetSpec) is walked once, at its first place; the sections
+    of a mapping (data.custom) appear under `*`, its user-chosen key."""
     seen = set() if seen is None else seen
     seen.add(model)
     for name, field in model.model_fields.items():
         key = prefix + (field.alias or name)
         if field.metadata or typing.get_origin(field.annotation) is typing.Literal:
             yield key
+        mapping = typing.get_origin(field.annotation) is dict
         for arg in (field.annotation, *typing.get_args(field.annotation)):
             if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
-                yield from _constrained_fields(arg, key + ".", seen)
+                yield from _constrained_fields(arg, key + (".*." if mapping else "."), seen)
 
 
 def test_every_rule_has_a_case():
     # a rule is covered when its key is overridden directly or named by a message
-    rules = RULES + PASS_RATE_RULES
+    rules = RULES + PASS_RATE_RULES + [(o[-1], m) for o, m in CUSTOM_RULES]
     keys = [o.split("=")[0] for o, _ in rules] + [m.split()[0].rstrip(":") for _, m in rules]
     covered = {re.sub(r"\.\d+", "", key) for key in keys}
-    missing = sorted(set(_constrained_fields()) - covered)
+    missing = sorted(f for f in _constrained_fields()
+                     if not any(fnmatch.fnmatchcase(key, f) for key in covered))
     assert not missing, f"rules without an exact-message test: {missing}"
 
 
@@ -178,6 +248,11 @@ def test_unknown_keys_name_the_allowed_ones():
     assert str(err.value).endswith(
         "unknown key 'data.train.0.rowz' (allowed here: max_level, max_steps, name, rows, split)")
     with pytest.raises(UserError) as err:
+        load_config(None, [CUSTOM_ON, "data.custom.caps.questio=q"])
+    assert str(err.value) == (
+        "--set data.custom.caps.questio=q: unknown key 'data.custom.caps.questio' (allowed here: "
+        "answer, checker, files, hub, hub_config, id, question, solution)")
+    with pytest.raises(UserError) as err:
         load_config(None, ["trainer.iterations=3"])
     assert "unknown key 'trainer' (allowed here: algorithm, checkpoint, data, evaluate," in str(
         err.value)
@@ -189,6 +264,12 @@ FILE_ERRORS = [  # (params.yaml bytes, the message after "<path>")
     (b"rollout:\n  group_size: 1\n", r":2: rollout.group_size must be >= 2, got 1$"),
     (b"rollout:\n  stop: [a\n", r":3: not valid YAML: "),
     (b"- a\n- b\n", r": the top level must be a mapping of sections, got list$"),
+    (b"data:\n  custom:\n    caps: {files: {train: a.jsonl}, checker: fuzzy}\n",
+     r":3: data.custom.caps.checker must be one of 'numeric', 'exact' or 'math_verify', "
+     r"got 'fuzzy'$"),
+    (b"data:\n  train:\n    - {name: arithmetic}\n    - {name: capz}\n",
+     r":4: data.train.1.name: must be a built-in dataset \(gsm8k, math, math500, arithmetic\) "
+     r"or a key of data.custom \(none defined\), got 'capz'$"),
     (b"rollout:\n  stop: ['\xff']\n", r": not valid YAML"),
 ]
 
@@ -265,3 +346,9 @@ def load_config_dict(path: Path) -> dict:
     from grpo_core.config import flatten as _flatten
 
     return dict(_flatten(yaml.safe_load(path.read_text())))
+
+
+def test_params_yaml_spells_out_the_built_in_defaults():
+    """The schema holds the defaults; params.yaml writes them out for DVC and the reader. A
+    value changed in one and not the other would make `grpo` with and without the file differ."""
+    assert load_config(REPO / "params.yaml").flat() == Config().flat()

@@ -29,7 +29,8 @@ def test_prepare_writes_one_normalised_file_per_split(prepared):
         "gsm8k_train": "gsm8k_train.parquet", "gsm8k_test": "gsm8k_test.parquet",
         "math_train": "math_train.parquet", "math_test": "math_test.parquet",
         "math500_test": "math500_test.parquet"}
-    # row counts of SOURCES.md, less the two MATH train rows with an empty \boxed{}
+    # row counts of the data folder's SOURCES.md ($GRPO_DATA_DIR, not in this repository), less
+    # the two MATH train rows with an empty \boxed{}
     assert {k: len(f) for k, f in frames.items()} == {
         "gsm8k_train": 7473, "gsm8k_test": 1319, "math_train": 7498, "math_test": 5000,
         "math500_test": 500}
@@ -211,14 +212,14 @@ def test_training_mixture_within_difficulty(prepared):
 def test_difficulty_limits_reach_the_run_data(data_dir, tmp_path):
     """From params to the training mixture and the evaluation sets the flows read."""
     from flows import prepare
-    from flows.session import _load_data
+    from flows.run.inputs import load_data
 
     cfg = load_config(None, [
         f"data.dir={data_dir}", f"data.processed_dir={tmp_path}",
         "data.train=[{name: gsm8k, max_steps: 2}, {name: math, rows: 40, max_level: 1}]",
         "evaluate.datasets=[{name: math500, split: test, rows: 10, max_level: 2}]"])
     prepare.run(cfg)
-    mixture, evals, _ = _load_data(cfg)
+    mixture, evals, _ = load_data(cfg)
     gsm8k = mixture[mixture.source == "gsm8k"]
     assert len(gsm8k) == 1961 and data.solution_steps(gsm8k["solution"]).max() == 2
     assert (mixture.source == "math").sum() == 40
@@ -229,14 +230,21 @@ def test_difficulty_limits_reach_the_run_data(data_dir, tmp_path):
     prepare.run(empty)
     with pytest.raises(UserError, match=r"^evaluate.datasets: gsm8k_test has 0 rows within "
                                         r"max_steps 1$"):
-        _load_data(empty)
+        load_data(empty)
 
 
 def test_config_choices_equal_the_registries():
+    from grpo_core.config import BUILT_IN_DATASETS, CheckerName
+    from grpo_core.config.datasets import FILE_TYPES
+    from grpo_core.rewards.answers import CHECKERS
+
+    assert BUILT_IN_DATASETS == tuple(data.SOURCES)
+    assert typing.get_args(CheckerName) == tuple(CHECKERS)
+    assert {src.checker for src in data.SOURCES.values()} <= set(CHECKERS)
+    assert FILE_TYPES == data.EXTENSIONS
     fields = DatasetSpec.model_fields
-    assert set(typing.get_args(fields["name"].annotation)) == set(data.SOURCES)
-    splits = {s for src in data.SOURCES.values() for s in src.local}
+    splits = {s for src in data.SOURCES.values() for s in src.splits}
     assert set(typing.get_args(fields["split"].annotation)) == splits
     cfg = load_config(None)
     for spec in (*cfg.data.train, *cfg.evaluate.datasets):
-        assert spec.split in data.SOURCES[spec.name].local
+        assert spec.split in data.SOURCES[spec.name].splits

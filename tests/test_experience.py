@@ -57,10 +57,10 @@ def test_every_completion_gets_its_own_prompt_question_and_solution():
     # Before, `prompts` reached reward functions one per prompt: reward_model's strict zip with
     # the P * G completions failed and every completion silently scored 0.
     _, per_fn, m = score_groups(_result(), ROWS, weights={
-        "tests.test_iteration:prompt_lengths": 1.0, "gsm8k_steps": 1.0},
+        "tests.test_experience:prompt_lengths": 1.0, "gsm8k_steps": 1.0},
         time_limit_s=5.0, max_new_tokens=3, prompts=["four", "sixteen-chars..."])
-    assert per_fn["tests.test_iteration:prompt_lengths"].tolist() == [[4.0] * 3, [16.0] * 3]
-    assert m["reward/tests.test_iteration:prompt_lengths/failures"] == 0
+    assert per_fn["tests.test_experience:prompt_lengths"].tolist() == [[4.0] * 3, [16.0] * 3]
+    assert m["reward/tests.test_experience:prompt_lengths/failures"] == 0
     # prompt 0's reference computes 6 on the way to 12; no completion shows work (all 0), and
     # prompt 1 is one step (0 by definition)
     assert per_fn["gsm8k_steps"].tolist() == [[0.0] * 3, [0.0] * 3]

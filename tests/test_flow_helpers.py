@@ -2,9 +2,8 @@
 
 import time
 
-from flows.evaluate import flat_metrics, format_table
-from flows.pipeline import _by_dataset
-from flows.session import Budget
+from flows.evaluate import by_dataset, flat_metrics, format_table
+from flows.run.console import Budget
 
 RESULTS = {
     "gsm8k": {"accuracy": 0.25, "count": 4.0, "pass@4": 0.5, "maj@4": 0.25},
@@ -28,8 +27,8 @@ def test_flat_metrics_are_valid_mlflow_names():
                     "eval/gsm8k/pass_at_4": 0.5, "eval/gsm8k/maj_at_4": 0.25,
                     "eval/math500/accuracy": 0.5, "eval/math500/count": 2.0,
                     "eval/math500/level_1/accuracy": 1.0, "eval/math500/level_5/accuracy": 0.0}
-    assert _by_dataset(flat)["gsm8k"] == {"accuracy": 0.25, "count": 4.0, "pass@4": 0.5,
-                                          "maj@4": 0.25}
+    assert by_dataset(flat)["gsm8k"] == {"accuracy": 0.25, "count": 4.0, "pass@4": 0.5,
+                                         "maj@4": 0.25}
 
 
 def test_breakdown_labels_become_valid_metric_names():

@@ -90,7 +90,7 @@ def test_validation_failure_stops_before_the_checkpoint(tmp_path, tiny_sft_dir, 
 def test_pass_rate_filter_reads_the_rollouts_this_run_wrote(pipeline_run, monkeypatch):
     """The ids `grpo train` writes in rollouts/ are the dataset ids the filter matches: the
     random tiny policy solved nothing, so the band [0, 0] keeps exactly the 4 problems drawn."""
-    from flows.session import _load_data, _training_rows
+    from flows.run.inputs import load_data, training_rows
     from grpo_core.config import load_config
     from grpo_core.errors import UserError
 
@@ -103,14 +103,14 @@ def test_pass_rate_filter_reads_the_rollouts_this_run_wrote(pipeline_run, monkey
     nxt = ["rollout.output_dir=rollouts-next", "data.pass_rates.rollouts=[rollouts]",
            "data.pass_rates.min_samples=2"]
     band = nxt + ["data.pass_rates.min_rate=0.0", "data.pass_rates.max_rate=0.0"]
-    full, _, shots = _load_data(load_config("params.yaml"))
+    full, _, shots = load_data(load_config("params.yaml"))
     cfg = load_config("params.yaml", band)
-    filtered, _, filtered_shots = _load_data(cfg)
+    filtered, _, filtered_shots = load_data(cfg)
     assert filtered_shots == shots  # the prompt the rates were measured with is kept
-    mixture = _training_rows(cfg, filtered)
+    mixture = training_rows(cfg, filtered)
     assert set(mixture["id"]) == drawn and len(mixture) == 4
     assert mixture["id"].tolist() == [i for i in full["id"] if i in drawn]
     with pytest.raises(UserError, match="no training problem has a pass rate 0.01-0.99"):
-        _training_rows(load_config("params.yaml", nxt), filtered)
+        training_rows(load_config("params.yaml", nxt), filtered)
     with pytest.raises(UserError, match="is or holds this run's own rollouts"):
-        _training_rows(load_config("params.yaml", nxt[1:]), filtered)
+        training_rows(load_config("params.yaml", nxt[1:]), filtered)

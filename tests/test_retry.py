@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
 def test_dead_engine_is_rebuilt_and_the_rollout_retried(tmp_path, monkeypatch, tiny_sft_dir,
                                                         data_dir):
-    from flows import session
+    from flows.run.live import close_run, open_run
     from flows.train import rollout_task
     from grpo_core.config import load_config
 
@@ -22,7 +22,7 @@ def test_dead_engine_is_rebuilt_and_the_rollout_retried(tmp_path, monkeypatch, t
     assert run_grpo(tmp_path, "prepare").returncode == 0
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
-    run = session.open_run(load_config(tmp_path / "params.yaml"), resume=False)
+    run = open_run(load_config(tmp_path / "params.yaml"), resume=False)
     try:
         with torch.no_grad():  # the policy moved on since the engine was built
             run.learner.model.model.embed_tokens.weight.mul_(1.5)
@@ -30,15 +30,15 @@ def test_dead_engine_is_rebuilt_and_the_rollout_retried(tmp_path, monkeypatch, t
         dead.close()  # the engine dies: its next generate raises
 
         @flow
-        def one_rollout() -> str:
+        def one_rollout():
             return rollout_task(run.key, 1)
 
-        path = one_rollout()
+        rollout = one_rollout()
         assert run.engine is not dead, "a new engine replaced the dead one"
         want = run.learner.model.model.embed_tokens.weight
         got = run.engine.model.model.embed_tokens.weight
         assert torch.equal(got, want), "the new engine carries the current policy weights"
-        assert path.endswith("iter_00001.parquet")
-        assert len(run.scratch["result"].groups) == 2
+        assert str(rollout.records).endswith("iter_00001.parquet")
+        assert len(rollout.result.groups) == 2
     finally:
-        session.close_run(run, "FINISHED")
+        close_run(run, "FINISHED")

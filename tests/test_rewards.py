@@ -91,16 +91,38 @@ def test_math_accuracy_cases(completion, gold, expected):
     assert total.tolist() == [expected]
 
 
-def test_accuracy_and_is_correct_dispatch_by_source():
+def test_accuracy_and_is_correct_dispatch_by_checker():
     # "1/2" vs gold "0.5": GSM8K's check reads the last number (2); math-verify sees 1/2 = 0.5
-    assert is_correct("so it is 1/2", "0.5", "math")
-    assert not is_correct("so it is 1/2", "0.5", "gsm8k")
-    assert is_correct("#### 12", "12", "gsm8k") and not is_correct("#### 13", "12", "gsm8k")
-    total, _, _ = _score(["#### 12", "\\boxed{\\pi}"], ["12", "\\pi"], {"accuracy": 1.0},
-                         sources=["gsm8k", "math500"])
-    assert total.tolist() == [1.0, 1.0]
-    with pytest.raises(UserError, match="no answer checker for source 'aime'"):
+    assert is_correct("so it is 1/2", "0.5", "math_verify")
+    assert not is_correct("so it is 1/2", "0.5", "numeric")
+    assert is_correct("#### 12", "12", "numeric") and not is_correct("#### 13", "12", "numeric")
+    # the row's checker decides, not its source: one mixture, three rules
+    total, _, _ = _score(["#### 12", "\\boxed{\\pi}", "#### Paris.", "#### Paris."],
+                         ["12", "\\pi", "paris", "paris"], {"accuracy": 1.0},
+                         sources=["gsm8k", "math500", "capitals", "capitals"],
+                         checkers=["numeric", "math_verify", "exact", "numeric"])
+    assert total.tolist() == [1.0, 1.0, 1.0, 0.0]
+    with pytest.raises(UserError, match=r"^no answer checker 'aime' \(known: numeric, exact, "
+                                        r"math_verify\); rerun `grpo prepare`"):
         is_correct("1", "1", "aime")
+    with pytest.raises(UserError, match=r"^the accuracy reward needs each row's checker"):
+        _score(["#### 12"], ["12"], {"accuracy": 1.0})
+
+
+@pytest.mark.parametrize("completion, gold, expected", [
+    ("The capital is\n#### Paris.", "paris", True),  # trailing period, case
+    ("#### New   York\nmore text", " new york ", True),  # whitespace collapsed, one line
+    ("so \\boxed{Blue Whale}", "blue whale", True),  # no '####': the last \\boxed{}
+    ("I think\n\n  Lima  \n", "lima", True),  # neither: the last non-empty line
+    ("#### Paris, France", "paris", False),  # equality, not containment
+    ("#### paris..", "paris", False),  # one period only
+    ("####", "paris", False),  # nothing after the mark
+    ("", "paris", False),
+])
+def test_exact_checker_normalisation(completion, gold, expected):
+    assert is_correct(completion, gold, "exact") is expected
+    total, _, _ = _score([completion], [gold], {"accuracy": 1.0}, checkers=["exact"])
+    assert total.tolist() == [float(expected)]
 
 
 def test_last_boxed_balances_braces():

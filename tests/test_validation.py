@@ -54,8 +54,9 @@ def test_real_files_pass_and_write_report_and_data_docs(real, tmp_path):
 
 
 def test_real_contamination_between_math_train_and_math_test_is_caught(real):
-    # One MATH train problem is a MATH test problem plus a trailing newline (SOURCES.md says
-    # no *exact* overlap; the whitespace-insensitive check finds this one).
+    # One MATH train problem is a MATH test problem plus a trailing newline (the data folder's
+    # SOURCES.md, in $GRPO_DATA_DIR, says no *exact* overlap; the whitespace-insensitive check
+    # finds this one).
     report, ok = validate({k: real[k] for k in ("math_train", "math_test")},
                           train_names=["math_train"], eval_names=["math_test"])
     assert not ok

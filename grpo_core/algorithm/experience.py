@@ -55,13 +55,12 @@ def cross_prompt_answer_frac(groups) -> float:
     """The share of completions whose final number is also the final number of a completion
     to ANOTHER prompt in the batch. Different problems share small answers now and then, and
     a completion cut off mid-way is scored by its last number, so the level depends on the
-    setup: 0.2-0.3 through a 1-shot learning run (4 GSM8K prompts x 8), 0.38-0.66 in the first
-    iterations of the untrained defaults (no worked example, 53-69% of samples cut off). Watch
-    the trend: a value rising to 1 says the policy answers one number whatever the question;
-    a weak policy can earn more exact-match reward by guessing the commonest answer than by
-    reasoning (a learning run on 2-step GSM8K problems at lr 1e-5 drifted to '#### 10'; per
-    40 iterations this value went 0.37 -> 1.0). Completions without a number count in the
-    denominator only."""
+    setup (higher when many samples are cut off; the levels seen are in docs/experiments.md).
+    Watch the trend: a value rising to 1 says the policy answers one number whatever the
+    question; a weak policy can earn more exact-match reward by guessing the commonest answer
+    than by reasoning (a learning run on 2-step GSM8K problems drifted to '#### 10' for every
+    question, and this value with it). Completions without a number count in the denominator
+    only."""
     by_prompt = [[_number_key(c.text) for c in g.completions] for g in groups]
     prompts_of: dict = {}
     for p, keys in enumerate(by_prompt):
@@ -98,6 +97,8 @@ def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_
     counts = [len(c.token_ids) for grp in groups for c in grp.completions]
     if context.get("prompts") is not None:
         context["prompts"] = each(list(context["prompts"]))
+    if "checker" in rows:  # processed rows always name their checker (`accuracy` needs it)
+        context["checkers"] = each(rows["checker"].tolist())
     total, per_fn, metrics = score(
         texts, answers=each(rows["answer"].tolist()), sources=each(rows["source"].tolist()),
         questions=each(rows["question"].tolist()), solutions=each(rows["solution"].tolist()),

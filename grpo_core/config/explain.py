@@ -7,16 +7,21 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from grpo_core.config.base import KeyedError
 from grpo_core.config.schema import Config
 
 
 def explain(err: dict, lines: dict[str, str], set_by: dict[str, str], where: str) -> str:
     """One line for the first validation error: location, key, problem, what is allowed."""
-    loc = [str(p) for p in err["loc"]]
-    key = ".".join(loc)
     ctx = err.get("ctx") or {}
     kind, got = err["type"], err.get("input")
-    if kind == "extra_forbidden":
+    below = ctx.get("error").loc if isinstance(ctx.get("error"), KeyedError) else ()
+    loc = [str(p) for p in (*err["loc"], *below)]
+    key = ".".join(loc)
+    if kind == "literal_error" and loc[-1] == "[key]":  # a mapping key outside its choices
+        loc = loc[:-2]
+        msg = f"{'.'.join(loc)} keys must be one of {ctx.get('expected')}, got {got!r}"
+    elif kind == "extra_forbidden":
         allowed = ", ".join(_allowed_keys(loc[:-1]))
         msg = f"unknown key '{key}' (allowed here: {allowed})"
     elif kind == "literal_error":
@@ -45,9 +50,10 @@ _BOUND_CTX = {"greater_than": "gt", "greater_than_equal": "ge", "less_than": "lt
 
 def _location(loc: list[str], lines: dict[str, str], set_by: dict[str, str], where: str) -> str:
     key = ".".join(loc)
-    for override, label in set_by.items():  # an override of this key, a parent or a child wins
-        if key == override or key.startswith(override + ".") or override.startswith(key + "."):
-            return label
+    hits = [override for override in set_by  # an override of this key, a parent or a child
+            if key == override or key.startswith(override + ".") or override.startswith(key + ".")]
+    if hits:  # the most specific one: `--set data.custom.x.checker=...` after `data.custom.x=...`
+        return set_by[max(hits, key=len)]
     for n in range(len(loc), 0, -1):  # else the deepest key with a known line
         hit = lines.get(".".join(loc[:n]))
         if hit:
@@ -57,8 +63,10 @@ def _location(loc: list[str], lines: dict[str, str], set_by: dict[str, str], whe
 
 def _allowed_keys(loc: list[str]) -> list[str]:
     model: Any = Config
+    keyed = False  # the part after a mapping of sections (data.custom) is a user's key
     for part in loc:
-        if part.isdigit():  # an index into a list of sections
+        if part.isdigit() or keyed:  # an index into a list of sections, or a mapping's key
+            keyed = False
             continue
         field = _field_by_name(model, part)
         if field is None:
@@ -66,6 +74,7 @@ def _allowed_keys(loc: list[str]) -> list[str]:
         model = _model_of(field.annotation)
         if model is None:
             return []
+        keyed = getattr(field.annotation, "__origin__", None) is dict
     return sorted(f.alias or name for name, f in model.model_fields.items())
 
 

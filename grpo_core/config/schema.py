@@ -10,45 +10,16 @@ from __future__ import annotations
 
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from grpo_core.config.base import Section
+from grpo_core.config.datasets import (CustomDataset, DatasetSpec, check_custom_names,
+                                       check_dataset_uses)
 
 DEFAULT_PARAMS = "params.yaml"
 
 
-class Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _lists_to_tuples(cls, data: Any) -> Any:
-        """YAML gives lists; the frozen tree holds tuples (strict mode will not convert)."""
-        if isinstance(data, dict):
-            return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return data
-
-
 # ----------------------------------------------------------------------------- data
-class DatasetSpec(Section):
-    """One dataset split: `name` is a key of grpo_core.data.sources.SOURCES (your own files go in the
-    same layout under data.dir, as .jsonl, .json or .parquet)."""
-
-    name: Literal["gsm8k", "math", "math500"]
-    split: Literal["train", "test"] = "train"
-    rows: Optional[int] = Field(default=None, ge=1)  # None = every row
-    # difficulty, applied before `rows` are drawn (training sets; null = no limit):
-    max_steps: Optional[int] = Field(default=None, ge=1)  # gsm8k: reference-solution lines
-    max_level: Optional[int] = Field(default=None, ge=1, le=5)  # math, math500: MATH level
-
-    @model_validator(mode="after")
-    def _difficulty_fits_the_dataset(self) -> "DatasetSpec":
-        if self.max_steps is not None and self.name != "gsm8k":
-            raise ValueError(f"max_steps counts GSM8K solution steps; {self.name} has levels, "
-                             "use max_level")
-        if self.max_level is not None and self.name == "gsm8k":
-            raise ValueError("max_level is a MATH level; gsm8k has none, use max_steps")
-        return self
-
-
 class PromptConfig(Section):
     system: str = ""
     instruction: str = (
@@ -90,6 +61,14 @@ class DataConfig(Section):
     decontaminate: bool = False
     pass_rates: Optional[PassRateFilter] = None  # null = train on the whole mixture
     prompt: PromptConfig = PromptConfig()
+    # your own verifiable datasets: name -> definition (files or hub id, fields, checker);
+    # data.train and evaluate.datasets then use the name like a built-in one
+    custom: dict[str, CustomDataset] = {}
+
+    @model_validator(mode="after")
+    def _custom_names(self) -> "DataConfig":
+        check_custom_names(self.custom)
+        return self
 
 
 # ------------------------------------------------------------------------- validate
@@ -187,7 +166,7 @@ class LoraConfig(Section):
 
 
 class TrainConfig(Section):
-    iterations: int = Field(default=10, ge=1)
+    iterations: int = Field(default=3, ge=1)  # sized for `make run`; raise it for a real run
     max_minutes: Optional[float] = Field(default=None, gt=0.0)  # wall-clock budget; None = none
     learning_rate: float = Field(default=5e-6, ge=0.0)
     warmup_iterations: int = Field(default=0, ge=0)
@@ -197,16 +176,17 @@ class TrainConfig(Section):
     max_grad_norm: float = Field(default=1.0, gt=0.0)
     micro_batch_size: int = Field(default=8, ge=1)
     # auto: bfloat16 where it is native (GPU; CPU with AVX512-BF16/AMX), else float32
-    # (grpo_core.parallel.hardware: emulated bf16 autocast ran 1.5-2x slower than float32)
+    # (grpo_core.parallel.hardware: emulated bf16 autocast is slower than float32)
     autocast: Literal["auto", "bfloat16", "float32"] = "auto"
     gradient_checkpointing: bool = False  # recompute layer activations in backward: less memory
     # micro-batches never mix prompts and run their (shared) prompt once: a group's G
     # completions cost one prompt forward/backward instead of G (off under fsdp2, which
     # needs the plain forward; works with gradient checkpointing)
     shared_prompt_forward: bool = True
-    checkpoint_every: int = Field(default=5, ge=1)
+    checkpoint_every: int = Field(default=2, ge=1)
     # the resume state (model, Adam, RNG: ~12 bytes a parameter) every K iterations and at the
-    # end; a kill loses at most K - 1 iterations (1.6 GB took 5 s a save for SmolLM2-135M here)
+    # end; a kill loses at most K - 1 iterations (a save costs a noticeable share of an
+    # iteration: docs/benchmarks.md, Memory)
     resume_every: int = Field(default=5, ge=1)
     output_dir: str = "models/grpo"
     seed: int = 0
@@ -227,10 +207,30 @@ class EvaluateConfig(Section):
     )
     max_new_tokens: int = Field(default=256, ge=1)
     samples: int = Field(default=1, ge=1)  # k for maj@k / pass@k; 1 = greedy only
-    quick_rows: int = Field(default=32, ge=1)  # per dataset, for the evaluation every K iterations
-    final_rows: Optional[int] = Field(default=None, ge=1)  # per dataset, at the end of training
+    quick_rows: int = Field(default=4, ge=1)  # per dataset, for the evaluation every K iterations
+    final_rows: Optional[int] = Field(default=25, ge=1)  # per dataset, at the end of training
     temperature: float = Field(default=0.6, gt=0.0)
     output: str = "metrics/eval.json"
+    # `grpo train` evaluates the starting checkpoint first, on the final evaluation's problems
+    # and decoding, so the end shows before -> after with a paired CI; reused while the
+    # checkpoint and these settings are unchanged (baseline_output)
+    baseline: bool = True
+    baseline_output: str = "metrics/eval_baseline.json"
+
+
+# -------------------------------------------------------------------------- promote
+class PromoteConfig(Section):
+    """The promotion gate (grpo_core.evaluation.gate): the final policy becomes a new version
+    of `registered_model` in the MLflow Model Registry, with `alias`, only when held-out
+    accuracy measurably improved over the starting checkpoint."""
+
+    enabled: bool = True
+    registered_model: str = Field(default="grpo-policy", min_length=1)
+    alias: str = Field(default="candidate", min_length=1)
+    # evaluation sets whose paired 95% CI must lie above 0; () = the first evaluation set
+    gain_on: tuple[str, ...] = ()
+    metric: Literal["accuracy", "mean_of_k"] = "accuracy"  # mean_of_k needs evaluate.samples > 1
+    no_regression: bool = True  # and no set worse beyond its CI
 
 
 # ------------------------------------------------------------------------- tracking
@@ -253,9 +253,17 @@ class Config(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()
+    promote: PromoteConfig = PromoteConfig()
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, validate_by_name=True,
                               validate_by_alias=True)
+
+    @model_validator(mode="after")
+    def _datasets_defined(self) -> "Config":
+        """Only the whole tree sees data.custom beside the lists that use its names."""
+        check_dataset_uses(("data", "train"), self.data.train, self.data.custom)
+        check_dataset_uses(("evaluate", "datasets"), self.evaluate.datasets, self.data.custom)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved tree as plain YAML-able values, keyed as in params.yaml."""

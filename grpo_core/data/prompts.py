@@ -9,6 +9,7 @@ policy continues as the assistant, exactly as the SFT checkpoint was tuned to do
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from grpo_core.errors import UserError
@@ -53,15 +54,34 @@ def render_prompts(tokenizer: Any, questions: Sequence[str], *, system: str = ""
             for q in questions]
 
 
+@dataclass(frozen=True)
+class PromptRenderer:
+    """The one way prompts are rendered for a run: the checkpoint's tokenizer with the
+    configured system message, instruction and worked examples, called on a list of questions.
+    Training, evaluation and the benchmarks build it the same way, so their prompts agree."""
+
+    tokenizer: Any
+    system: str = ""
+    instruction: str = ""
+    few_shot: tuple[tuple[str, str], ...] = ()
+
+    def __call__(self, questions: Sequence[str]) -> list[str]:
+        return render_prompts(self.tokenizer, questions, system=self.system,
+                              instruction=self.instruction, few_shot=self.few_shot)
+
+
 def few_shot_examples(questions: Sequence[str], solutions: Sequence[str], k: int,
                       exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
     """The first k (question, solution) pairs whose question is not in `exclude` (so a
     problem is never its own example), GSM8K calculator annotations removed. Deterministic: the
-    same examples for every prompt."""
+    same examples for every prompt. Rows without a solution (a data.custom dataset may have
+    none) cannot be examples."""
     skip = set(exclude)
-    pairs = [(q, s) for q, s in zip(questions, solutions, strict=True) if q not in skip]
+    pairs = [(q, s) for q, s in zip(questions, solutions, strict=True)
+             if q not in skip and isinstance(s, str) and s.strip()]
     if len(pairs) < k:
-        raise UserError(f"data.prompt.few_shot = {k}, but only {len(pairs)} examples are available")
+        raise UserError(f"data.prompt.few_shot = {k}, but only {len(pairs)} examples "
+                        "(rows with a solution) are available")
     return [(q, _CALCULATOR.sub("", s)) for q, s in pairs[:k]]
 
 

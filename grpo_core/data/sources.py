@@ -1,7 +1,18 @@
-"""Load GSM8K and MATH, normalise them to one schema, write parquet, build the training mixture.
+"""Load the datasets, normalise them to one schema, write parquet, build the training mixture.
 
 Every dataset becomes rows of `SCHEMA`: id, source, split, question, answer (the canonical final
-answer), solution, level (1-5 or null), subject. Files come from a local folder laid out as
+answer), solution, level (1-5 or null), subject, and checker: the name of the check that judges
+a completion against the answer (grpo_core.rewards.answers.CHECKERS), so that rows from several
+datasets in one mixture are rewarded and evaluated each by its own rule.
+
+The built-in datasets (`SOURCES`): gsm8k, math and math500, and arithmetic, generated arithmetic
+and short word problems (grpo_core.data.arithmetic) that need no files and no hub. arithmetic is
+a product dataset, prepared, validated, rewarded and evaluated like GSM8K: the smoke test of
+whether training makes a checkpoint better at all, sized where a small model is right some of
+the time; it is not a benchmark of reasoning. A user's own datasets (data.custom) are built as
+`Source`s too (grpo_core.data.custom) and passed to `prepare` beside these.
+
+GSM8K and MATH files come from a local folder laid out as
 
     <data_dir>/gsm8k/{train,test}.jsonl    <data_dir>/math/{train,test}.jsonl
     <data_dir>/math/math500.jsonl
@@ -18,30 +29,34 @@ metrics, rather than failing the whole dataset.
 
 from __future__ import annotations
 
-import json
 import numbers
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import pandas as pd
 
+from grpo_core.data import arithmetic
+from grpo_core.data.readers import EXTENSIONS, read_records
 from grpo_core.rewards.answers import gsm8k_gold, last_boxed
 from grpo_core.errors import UserError
 
-SCHEMA = ("id", "source", "split", "question", "answer", "solution", "level", "subject")
-EXTENSIONS = (".jsonl", ".json", ".parquet")
+SCHEMA = ("id", "source", "split", "question", "answer", "solution", "level", "subject",
+          "checker")
+Records = Iterable[tuple[str, dict]]  # (location for error messages, raw row)
 
 
 @dataclass(frozen=True)
 class Source:
-    """One dataset: where its splits live locally and on the hub, and how a raw row maps to SCHEMA."""
+    """One dataset: its splits, where their raw rows come from, how a raw row maps to SCHEMA,
+    and the checker its answers are judged by (written into every row)."""
 
-    local: dict[str, str]  # split -> path stem under data_dir, without extension
-    hub: Callable[[str], list[dict]]  # split -> raw rows (needs `datasets` and internet)
+    splits: tuple[str, ...]
+    records: Callable[[Optional[Path], str], Records]  # (data_dir, split) -> raw rows
     normalise: Callable[[dict, str, int, str], dict]  # (raw, split, index, where) -> row
     fields: tuple[str, ...]  # required raw fields, for the error message
+    checker: str  # a key of grpo_core.rewards.answers.CHECKERS
 
 
 def _need(raw: dict, fields: Sequence[str], where: str) -> None:
@@ -124,126 +139,74 @@ def _hub(name: str, config: Optional[str] = None, split_map: Optional[dict] = No
     return load
 
 
+def _files_or_hub(name: str, stems: dict[str, str],
+                  hub: Callable[[str], list[dict]]) -> Callable[[Optional[Path], str], Records]:
+    """A built-in dataset's records: `<data_dir>/<stem>.jsonl|.json|.parquet`, or the hub when
+    there is no data dir."""
+    def records(data_dir: Optional[Path], split: str) -> Records:
+        if data_dir is None:
+            return ((f"hub:{name}/{split}[{i}]", r) for i, r in enumerate(hub(split)))
+        return read_records(local_file(Path(data_dir), stems[split], f"{name} {split}"))
+    return records
+
+
+def _built_in(name: str, stems: dict[str, str], hub: Callable[[str], list[dict]],
+              row: Callable[[dict, str, int, str], dict], fields: tuple[str, ...],
+              checker: str) -> Source:
+    return Source(tuple(stems), _files_or_hub(name, stems, hub), row, fields, checker)
+
+
+def _arithmetic_row(raw: dict, split: str, index: int, where: str) -> dict:
+    """The generator writes SCHEMA's fields already (level = the kind's difficulty)."""
+    return dict(raw, source="arithmetic", split=split)
+
+
+def _generated(data_dir: Optional[Path], split: str) -> Records:
+    """Rows made in code: no file, no hub; the data dir plays no part."""
+    return ((f"arithmetic {split}[{i}]", r) for i, r in enumerate(arithmetic.generate(split)))
+
+
 SOURCES: dict[str, Source] = {
-    "gsm8k": Source({"train": "gsm8k/train", "test": "gsm8k/test"},
-                    _hub("openai/gsm8k", "main"), _gsm8k_row, ("question", "answer")),
-    "math": Source({"train": "math/train", "test": "math/test"},
-                   _hub("EleutherAI/hendrycks_math", configs=_MATH_SUBJECTS), _math_row("math"),
-                   ("problem", "solution")),
-    "math500": Source({"test": "math/math500"}, _hub("HuggingFaceH4/MATH-500"),
-                      _math_row("math500"), ("problem", "solution")),
+    "gsm8k": _built_in("gsm8k", {"train": "gsm8k/train", "test": "gsm8k/test"},
+                       _hub("openai/gsm8k", "main"), _gsm8k_row, ("question", "answer"),
+                       "numeric"),
+    "math": _built_in("math", {"train": "math/train", "test": "math/test"},
+                      _hub("EleutherAI/hendrycks_math", configs=_MATH_SUBJECTS),
+                      _math_row("math"), ("problem", "solution"), "math_verify"),
+    "math500": _built_in("math500", {"test": "math/math500"}, _hub("HuggingFaceH4/MATH-500"),
+                         _math_row("math500"), ("problem", "solution"), "math_verify"),
+    "arithmetic": Source(tuple(arithmetic.SIZES), _generated, _arithmetic_row,
+                         ("question", "answer"), "numeric"),
 }
 
 
-# ------------------------------------------------------------------------- reading
-def read_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """Yield (location, raw record) from a .jsonl, .json or .parquet file. Location is
-    `file:line` for JSONL and JSON, `file:row N` for parquet. Bad files raise UserError."""
-    path = Path(path)
-    reader = _READERS.get(path.suffix)
-    if reader is None:
-        raise UserError(f"{path}: unsupported file type (use {', '.join(EXTENSIONS)})")
-    n = 0
-    for where, raw in reader(path):
-        if not isinstance(raw, dict):
-            raise UserError(f"{where}: expected a JSON object, got {type(raw).__name__}")
-        n += 1
-        yield where, raw
-    if n == 0:
-        raise UserError(f"{path}: the file has no records")
-
-
-def _text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise UserError(f"{path}:{line}: not valid UTF-8 (byte {exc.start}); "
-                        "save the file as UTF-8") from None
-
-
-def _jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    for i, line in enumerate(_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{path}:{i}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{i}: not valid JSON: {exc.msg} (column {exc.colno})") from None
-
-
-def _json(path: Path) -> Iterator[tuple[str, Any]]:
-    """A JSON array of objects, decoded element by element so each one keeps its line."""
-    text = _text(path)
-    decoder = json.JSONDecoder()
-
-    def line_at(pos: int) -> int:
-        return text.count("\n", 0, pos) + 1
-
-    def skip(pos: int) -> int:
-        while pos < len(text) and text[pos] in " \t\r\n":
-            pos += 1
-        return pos
-
-    pos = skip(0)
-    if pos >= len(text) or text[pos] != "[":
-        raise UserError(f"{path}:{line_at(pos)}: expected a JSON array of objects")
-    pos = skip(pos + 1)
-    while pos < len(text) and text[pos] != "]":
-        try:
-            item, end = decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{path}:{exc.lineno}: not valid JSON: {exc.msg}") from None
-        yield f"{path}:{line_at(pos)}", item
-        pos = skip(end)
-        if pos < len(text) and text[pos] == ",":
-            pos = skip(pos + 1)
-        elif pos >= len(text) or text[pos] != "]":
-            raise UserError(f"{path}:{line_at(pos)}: not valid JSON: expected ',' or ']'")
-
-
-def _parquet(path: Path) -> Iterator[tuple[str, Any]]:
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:
-        raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
-    for i, raw in enumerate(frame.to_dict(orient="records")):
-        yield f"{path}:row {i + 1}", {k: (None if _isna(v) else v) for k, v in raw.items()}
-
-
-def _isna(v: Any) -> bool:
-    return v is None or (isinstance(v, float) and v != v)
-
-
-_READERS = {".jsonl": _jsonl, ".json": _json, ".parquet": _parquet}
-
-
-def local_file(data_dir: Path, name: str, split: str) -> Path:
-    """The first existing `<stem>.jsonl|.json|.parquet` of a dataset split, else UserError."""
-    source = _source(name)
-    if split not in source.local:
-        raise UserError(f"dataset {name} has no split {split!r} (splits: {', '.join(source.local)})")
-    stem = Path(data_dir) / source.local[split]
+# ----------------------------------------------------------------------- built-in files
+def local_file(data_dir: Path, stem: str, label: str) -> Path:
+    """The first existing `<data_dir>/<stem>.jsonl|.json|.parquet`, else UserError."""
+    base = Path(data_dir) / stem
     for ext in EXTENSIONS:
-        if stem.with_suffix(ext).is_file():
-            return stem.with_suffix(ext)
-    raise UserError(f"{name} {split}: no file {stem}.jsonl (or .json, .parquet) in data dir {data_dir}")
+        if base.with_suffix(ext).is_file():
+            return base.with_suffix(ext)
+    raise UserError(f"{label}: no file {base}.jsonl (or .json, .parquet) in data dir {data_dir}")
 
 
-def _source(name: str) -> Source:
-    if name not in SOURCES:
-        raise UserError(f"unknown dataset {name!r} (known: {', '.join(SOURCES)})")
-    return SOURCES[name]
+def _source(name: str, split: str, sources: Mapping[str, Source]) -> Source:
+    if name not in sources:
+        raise UserError(f"unknown dataset {name!r} (known: {', '.join(sources)})")
+    if split not in sources[name].splits:
+        raise UserError(f"dataset {name} has no split {split!r} "
+                        f"(splits: {', '.join(sources[name].splits)})")
+    return sources[name]
 
 
 # ------------------------------------------------------------------------ normalise
-def normalise(records: Iterator[tuple[str, dict]], name: str, split: str) -> tuple[pd.DataFrame, dict]:
+def normalise(records: Records, name: str, split: str,
+              sources: Mapping[str, Source] = SOURCES) -> tuple[pd.DataFrame, dict]:
     """Raw records -> (frame in SCHEMA, metrics). Rows with an empty answer are dropped."""
-    source = _source(name)
+    source = _source(name, split, sources)
     rows, dropped = [], []
     for index, (where, raw) in enumerate(records):
-        row = source.normalise(raw, split, index, where)
+        row = {**source.normalise(raw, split, index, where), "checker": source.checker}
         (rows if row["answer"] else dropped).append(row)
     if not rows:
         raise UserError(f"{name} {split}: no row has a final answer")
@@ -254,12 +217,12 @@ def normalise(records: Iterator[tuple[str, dict]], name: str, split: str) -> tup
     return frame, metrics
 
 
-def load_split(data_dir: Optional[Path], name: str, split: str) -> tuple[pd.DataFrame, dict]:
-    """One dataset split as a normalised frame: from data_dir if given, else from the hub."""
-    if data_dir is not None:
-        return normalise(read_records(local_file(Path(data_dir), name, split)), name, split)
-    rows = _source(name).hub(split)
-    return normalise(((f"hub:{name}/{split}[{i}]", r) for i, r in enumerate(rows)), name, split)
+def load_split(data_dir: Optional[Path], name: str, split: str,
+               sources: Mapping[str, Source] = SOURCES) -> tuple[pd.DataFrame, dict]:
+    """One dataset split as a normalised frame, read as its source reads (built-in files: from
+    data_dir if given, else from the hub)."""
+    source = _source(name, split, sources)
+    return normalise(source.records(data_dir, split), name, split, sources)
 
 
 def processed_name(name: str, split: str) -> str:
@@ -274,8 +237,10 @@ def question_key(text: Any) -> str:
 
 def prepare(data_dir: Optional[str | Path], out_dir: str | Path,
             datasets: Sequence[tuple[str, str]],
-            decontaminate: Sequence[tuple[str, str]] = ()) -> tuple[dict[str, Path], dict]:
-    """Normalise each (name, split) and write `<out_dir>/<name>_<split>.parquet`.
+            decontaminate: Sequence[tuple[str, str]] = (),
+            sources: Mapping[str, Source] = SOURCES) -> tuple[dict[str, Path], dict]:
+    """Normalise each (name, split) of `sources` (the built-in ones, plus a user's own) and
+    write `<out_dir>/<name>_<split>.parquet`.
     `decontaminate` lists training splits from which rows whose question appears in any other
     prepared split are dropped (their ids go to the metrics).
     Returns ({"gsm8k_train": path, ...}, {"gsm8k_train": {"rows": ..., ...}, ...})."""
@@ -286,7 +251,7 @@ def prepare(data_dir: Optional[str | Path], out_dir: str | Path,
     frames, metrics = {}, {}
     for name, split in dict.fromkeys(datasets):  # de-duplicated, order kept
         key = processed_name(name, split)
-        frames[key], metrics[key] = load_split(data_dir, name, split)
+        frames[key], metrics[key] = load_split(data_dir, name, split, sources)
     clean = {processed_name(n, s) for n, s in decontaminate}
     others = {question_key(q) for k, f in frames.items() if k not in clean for q in f["question"]}
     paths = {}

@@ -1,10 +1,12 @@
 """Great Expectations suites for the processed datasets, run before anything trains.
 
 Each dataset gets a suite of expected columns, non-null and non-empty question and answer,
-unique ids, question length bounds, numeric GSM8K answers and MATH levels 1-5. Each training
-dataset also gets a contamination suite: none of its questions (whitespace-collapsed,
-lower-cased) may appear in an evaluation dataset. The result is a JSON report (a DVC metric)
-and, optionally, GX Data Docs HTML.
+unique ids, question length bounds and a known checker name; then what its rows say they are
+decides the extras: numeric answers where the checker is `numeric` (GSM8K, arithmetic, a
+user's numeric dataset) and the level range of a levelled source (MATH 1-5, arithmetic 1-3).
+Each training dataset also gets a contamination suite: none of its questions
+(whitespace-collapsed, lower-cased) may appear in an evaluation dataset. The result is a JSON
+report (a DVC metric) and, optionally, GX Data Docs HTML.
 
 great_expectations is imported inside the functions: the import costs seconds.
 """
@@ -17,15 +19,23 @@ from typing import Any, Optional, Sequence
 
 import pandas as pd
 
+from grpo_core.data import arithmetic
 from grpo_core.data.sources import SCHEMA, question_key
 from grpo_core.errors import UserError
+from grpo_core.rewards.answers import CHECKERS
 
 NUMERIC = r"^-?\d+(?:\.\d+)?$"  # a canonical GSM8K answer: commas removed by `prepare`
 KEY = "question_key"
+# checker -> the form its gold answers must have (other checkers take any non-blank text)
+ANSWER_FORMS = {"numeric": NUMERIC}
+# source -> (lowest, highest) level; other sources have no levels to check
+LEVELS = {"math": (1, 5), "math500": (1, 5),
+          "arithmetic": (1, max(level for level, _ in arithmetic.KINDS.values()))}
 
 
-def expectations(name: str, min_chars: int, max_chars: int) -> list:
-    """The suite of one dataset; which extras apply is chosen by the name's prefix."""
+def expectations(frame: pd.DataFrame, min_chars: int, max_chars: int) -> list:
+    """The suite of one processed dataset; the extras follow the checker and the source that
+    its rows name (a numeric checker needs numeric answers; a levelled source, its levels)."""
     import great_expectations.expectations as gxe
 
     suite = [gxe.ExpectTableColumnsToMatchSet(column_set=list(SCHEMA), exact_match=True)]
@@ -36,24 +46,16 @@ def expectations(name: str, min_chars: int, max_chars: int) -> list:
         gxe.ExpectColumnValueLengthsToBeBetween(column="question", min_value=min_chars,
                                                 max_value=max_chars),
     ]
-    suite += [factory() for prefix, factory in _EXTRAS if name.startswith(prefix)]
+    suite.append(gxe.ExpectColumnValuesToBeInSet(column="checker", value_set=list(CHECKERS)))
+    named = {c: set(frame[c].dropna()) if c in frame else set() for c in ("checker", "source")}
+    for checker in sorted(named["checker"] & set(ANSWER_FORMS)):
+        suite.append(gxe.ExpectColumnValuesToMatchRegex(column="answer",
+                                                        regex=ANSWER_FORMS[checker]))
+    for source in sorted(named["source"] & set(LEVELS)):
+        low, high = LEVELS[source]
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column="level", min_value=low,
+                                                       max_value=high))
     return suite
-
-
-def _gsm8k_numeric():
-    import great_expectations.expectations as gxe
-
-    return gxe.ExpectColumnValuesToMatchRegex(column="answer", regex=NUMERIC)
-
-
-def _math_levels():
-    import great_expectations.expectations as gxe
-
-    return gxe.ExpectColumnValuesToBeBetween(column="level", min_value=1, max_value=5)
-
-
-# dataset name prefix -> extra expectation ("math" covers math_* and math500_*)
-_EXTRAS = (("gsm8k", _gsm8k_numeric), ("math", _math_levels))
 
 
 def validate(paths: dict[str, Path], *, train_names: Sequence[str], eval_names: Sequence[str],
@@ -70,7 +72,7 @@ def validate(paths: dict[str, Path], *, train_names: Sequence[str], eval_names: 
     runner = _Runner(sample_rows, docs_dir)
     report: dict[str, Any] = {"datasets": {}}
     for name, frame in frames.items():
-        results = runner.run(name, frame, expectations(name, min_chars, max_chars))
+        results = runner.run(name, frame, expectations(frame, min_chars, max_chars))
         if name in train_names and eval_keys:
             keyed = pd.DataFrame({"id": frame.get("id"), KEY: frame["question"].map(question_key)})
             overlap = runner.run(f"{name}.contamination", keyed, [_no_overlap(eval_keys)])

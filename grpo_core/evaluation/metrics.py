@@ -81,28 +81,26 @@ def breakdown(correct: torch.Tensor, groups: Sequence[object]) -> dict[str, dict
 
 
 # ------------------------------------------------------------------------------ runner
-def vote_key(completion: str, source: str) -> str | None:
-    """The normalised final answer that maj@k votes on (None: no answer to vote for)."""
-    from grpo_core.rewards.answers import extract_number_answer, last_boxed, to_number
+def vote_key(completion: str, checker: str) -> str | None:
+    """The normalised final answer that maj@k votes on, as the row's checker reads answers
+    (None: no answer to vote for)."""
+    from grpo_core.rewards.answers import checker as checker_named
 
-    if source == "gsm8k":
-        text = extract_number_answer(completion)
-        number = to_number(text) if text is not None else None
-        return None if number is None else str(number)
-    boxed = last_boxed(completion)
-    return None if boxed is None else "".join(boxed.split())
+    return checker_named(checker).answer_key(completion)
 
 
-def check_all(completions: Sequence[str], golds: Sequence[str], sources: Sequence[str],
+def check_all(completions: Sequence[str], golds: Sequence[str], checkers: Sequence[str],
               time_limit_s: float) -> list[bool]:
-    """Correctness of each completion; a check that raises or exceeds its limit is wrong."""
-    from grpo_core.rewards.answers import is_correct
+    """Correctness of each completion by its row's checker; a check that raises or exceeds its
+    limit is wrong (an unknown checker name is a UserError: stale processed data)."""
+    from grpo_core.rewards.answers import checker as checker_named
     from grpo_core.rewards.functions import call_with_limit
 
     out = []
-    for text, gold, source in zip(completions, golds, sources, strict=True):
+    for text, gold, name in zip(completions, golds, checkers, strict=True):
+        correct = checker_named(name).correct
         try:
-            out.append(bool(call_with_limit(lambda: is_correct(text, gold, source), time_limit_s)))
+            out.append(bool(call_with_limit(lambda: correct(text, gold), time_limit_s)))
         except Exception:  # noqa: BLE001 - a failed check scores as wrong, like the reward
             out.append(False)
     return out
@@ -132,16 +130,16 @@ def evaluate_frame(engine, prompts: Sequence[str], frame, *, max_new_tokens: int
             temperature=temperature, max_new_tokens=max_new_tokens, seed=seed))
         for row, g in zip(texts, sampled.groups, strict=True):
             row.extend(c.text for c in g.completions)
-    golds, sources = sub["answer"].tolist(), sub["source"].tolist()
+    golds, checkers = sub["answer"].tolist(), sub["checker"].tolist()
     flat = check_all([t for row in texts for t in row],
                      [gd for gd, row in zip(golds, texts) for _ in row],
-                     [s for s, row in zip(sources, texts) for _ in row], time_limit_s)
+                     [c for c, row in zip(checkers, texts) for _ in row], time_limit_s)
     width = len(texts[0]) if texts else 1
     correct = torch.tensor(flat, dtype=torch.bool).reshape(len(texts), width)  # (P, 1 + k)
     metrics = summarize(correct[:, :1], ks=())
     metrics["skipped"] = float(len(prompts) - len(rows))
     if samples > 1:
-        votes = [[vote_key(t, s) for t in row[1:]] for row, s in zip(texts, sources)]
+        votes = [[vote_key(t, c) for t in row[1:]] for row, c in zip(texts, checkers)]
         sampled_metrics = summarize(correct[:, 1:], votes, ks=sorted({1, samples}))
         metrics.update({k: v for k, v in sampled_metrics.items() if "@" in k})
     for column in ("level", "subject"):
@@ -150,4 +148,7 @@ def evaluate_frame(engine, prompts: Sequence[str], frame, *, max_new_tokens: int
             metrics[f"by_{column}"] = breakdown(correct, labels.astype(str).tolist())
     records = [{"id": i, "correct": bool(c[0]), "completion": row[0]}
                for i, c, row in zip(sub["id"].tolist(), correct, texts)]
+    if samples > 1:  # each problem's mean-of-k accuracy, for paired before/after comparisons
+        for record, c in zip(records, correct):
+            record["sampled_correct"] = c[1:].double().mean().item()
     return metrics, records

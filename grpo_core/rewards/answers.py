@@ -1,4 +1,5 @@
-"""Final-answer extraction and correctness checks for GSM8K and MATH.
+"""Final-answer extraction and the checkers that judge completions: `numeric` (GSM8K),
+`math_verify` (MATH) and `exact` (a string answer of a user's own dataset), in `CHECKERS`.
 
 GSM8K (Cobbe et al., arXiv 2110.14168) gold answers are the number after `####`; a completion's
 answer is taken, in order of preference, after its last `####`, inside its last `\\boxed{}`, or
@@ -10,6 +11,10 @@ MATH (Hendrycks et al., arXiv 2103.03874) answers are the last `\\boxed{...}` of
 balanced braces; equivalence is decided by math-verify (symbolic and numeric), not by the
 paper's string normalisation. math-verify's own signal-based timeouts are switched off here:
 the caller (`grpo_core.rewards.functions.score`) enforces the time limit, in any thread.
+
+`exact` is for answers that are words, not numbers or formulas: the completion's answer (after
+its last `####`, else its last `\\boxed{}`, else its last non-empty line) equals the gold after
+both are stripped, whitespace-collapsed, case-folded and stripped of one trailing period.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import functools
 import re
 from fractions import Fraction
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from grpo_core.errors import UserError
 
@@ -155,18 +160,77 @@ def _math_verify():
     return math_verify.parser.parse, math_verify.grader.verify
 
 
-# source -> checker. MATH-style sources share math-verify; a user's own dataset can register here.
-CHECKERS: dict[str, Callable[[str, str], bool]] = {
-    "gsm8k": gsm8k_correct,
-    "math": math_correct,
-    "math500": math_correct,
+def exact_answer(completion: str) -> Optional[str]:
+    """A completion's final answer as text, for the `exact` checker: the rest of the line after
+    its last `####`, else the content of its last `\\boxed{}`, else its last non-empty line."""
+    if _HASHES in completion:
+        tail = completion.rsplit(_HASHES, 1)[1].strip()
+        return tail.splitlines()[0] if tail else None
+    boxed = last_boxed(completion)
+    if boxed is not None:
+        return boxed
+    lines = [line for line in completion.splitlines() if line.strip()]
+    return lines[-1] if lines else None
+
+
+def normalise_exact(text: str) -> str:
+    """How `exact` compares: whitespace stripped and runs of it collapsed to one space,
+    case-folded, one trailing period dropped (" Paris. " == "paris")."""
+    text = re.sub(r"\s+", " ", text).strip().casefold()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def exact_correct(completion: str, gold: str) -> bool:
+    """String equality of the completion's final answer and the gold, after `normalise_exact`."""
+    pred = exact_answer(completion)
+    return pred is not None and normalise_exact(pred) == normalise_exact(gold)
+
+
+def number_key(completion: str) -> Optional[str]:
+    """The completion's final number in one canonical form ('10', '10.0' and '$10' agree)."""
+    text = extract_number_answer(completion)
+    number = to_number(text) if text is not None else None
+    return None if number is None else str(number)
+
+
+def boxed_key(completion: str) -> Optional[str]:
+    """The completion's last `\\boxed{}` answer, whitespace removed."""
+    boxed = last_boxed(completion)
+    return None if boxed is None else "".join(boxed.split())
+
+
+def exact_key(completion: str) -> Optional[str]:
+    pred = exact_answer(completion)
+    return None if pred is None else normalise_exact(pred)
+
+
+class Checker(NamedTuple):
+    """How one kind of answer is judged: `correct(completion, gold)`, and `answer_key(completion)`,
+    the normalised answer that maj@k votes on (None: no answer to vote for)."""
+
+    correct: Callable[[str, str], bool]
+    answer_key: Callable[[str], Optional[str]]
+
+
+# checker name -> Checker. Every processed row names its checker (the `checker` column, from its
+# dataset: gsm8k and arithmetic numeric, math and math500 math_verify, a data.custom dataset its
+# own), so a mixture of datasets is judged row by row. The config lists these names too
+# (grpo_core.config.schema.CHECKER_NAMES; a test keeps the two equal).
+CHECKERS: dict[str, Checker] = {
+    "numeric": Checker(gsm8k_correct, number_key),  # GSM8K's exact numeric equality
+    "exact": Checker(exact_correct, exact_key),  # string equality after normalise_exact
+    "math_verify": Checker(math_correct, boxed_key),  # MATH's symbolic equivalence
 }
 
 
-def is_correct(completion: str, gold: str, source: str) -> bool:
-    """Dispatch to the checker of the dataset the problem came from (evaluation uses this)."""
+def checker(name: str) -> Checker:
     try:
-        checker = CHECKERS[source]
+        return CHECKERS[name]
     except KeyError:
-        raise UserError(f"no answer checker for source {source!r} (known: {sorted(CHECKERS)})") from None
-    return checker(completion, gold)
+        raise UserError(f"no answer checker {name!r} (known: {', '.join(CHECKERS)}); "
+                        "rerun `grpo prepare` if the processed data is older") from None
+
+
+def is_correct(completion: str, gold: str, checker_name: str) -> bool:
+    """Whether `completion` answers `gold`, judged by the named checker (the row's `checker`)."""
+    return checker(checker_name).correct(completion, gold)

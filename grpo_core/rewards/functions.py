@@ -5,8 +5,9 @@ Every reward function takes the batch and returns one value per completion:
     fn(completions: list[str], *, answers: list[str], sources: list[str],
        token_counts: list[int], max_new_tokens: int, **context) -> list[float | None]
 
-`context` carries the rest (prompts, questions and solutions: one per completion, time_limit_s,
-answer_format, overlong_buffer, reward_model_dir, reward_model_batch_size, ...); a function
+`context` carries the rest (prompts, questions, solutions and checkers, the names of the rows'
+answer checkers: one per completion; time_limit_s, answer_format, overlong_buffer,
+reward_model_dir, reward_model_batch_size, ...); a function
 takes what it needs and ignores the rest (`**_`). `None` means "could not score this
 completion": it becomes 0 and is counted as a failure. Functions written per completion are
 lifted with `@per_completion`, which also applies the time limit and turns an exception into a
@@ -98,7 +99,8 @@ class _Failed:
 
 # Context lists with one entry per completion; `per_completion` hands each function its own
 # entry under the singular name (prompts[i] -> prompt=...).
-PER_ITEM_CONTEXT = {"prompts": "prompt", "questions": "question", "solutions": "solution"}
+PER_ITEM_CONTEXT = {"prompts": "prompt", "questions": "question", "solutions": "solution",
+                    "checkers": "checker"}
 
 
 def per_completion(item_fn: Callable[..., float]) -> RewardFn:
@@ -143,9 +145,13 @@ def math_accuracy(completion: str, *, answer: str, **_) -> float:
 
 
 @per_completion
-def accuracy(completion: str, *, answer: str, source: str, **_) -> float:
-    """The checker of each row's own dataset: GSM8K's numeric check or MATH's math-verify."""
-    return float(is_correct(completion, answer, source))
+def accuracy(completion: str, *, answer: str, checker: str | None = None, **_) -> float:
+    """1 if the row's own checker (its `checker` column: numeric, exact or math_verify) finds
+    the completion right, so a mixture of datasets is judged row by row."""
+    if checker is None:
+        raise UserError("the accuracy reward needs each row's checker (the `checker` column "
+                        "of the processed data; rerun `grpo prepare`)")
+    return float(is_correct(completion, answer, checker))
 
 
 @per_completion
@@ -172,34 +178,35 @@ def gsm8k_steps(completion: str, *, answer: str, source: str, solution: str | No
 def _hashes_once(text: str) -> bool:
     """Exactly one line starts with '####', and a number follows it there."""
     marked = [line.strip() for line in text.splitlines() if line.strip().startswith("####")]
-    return len(marked) == 1 and _has_number(marked[0][4:])
+    return len(marked) == 1 and has_number(marked[0][4:])
 
 
 def _hashes_once_at_end(text: str) -> bool:
     """The GSM8K convention, strictly: the last non-empty line is '#### <number>' and no other
-    line starts with '####'. A lax "some line starts with '####'" was reward-hacked in our
-    learning run: the policy learned to print '#### 1', '#### 2', ... until the token limit."""
+    line starts with '####'. A lax "some line starts with '####'" was reward-hacked in a
+    learning run: the policy learned to print '####' lines until the token limit (2026-11-23,
+    docs/experiments.md)."""
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     marked = sum(line.startswith("####") for line in lines)
-    return marked == 1 and lines[-1].startswith("####") and _has_number(lines[-1][4:])
+    return marked == 1 and lines[-1].startswith("####") and has_number(lines[-1][4:])
 
 
-_FORMATS: dict[str, Callable[[str], bool]] = {
+FORMATS: dict[str, Callable[[str], bool]] = {
     "hashes": _hashes_once_at_end,
     # exactly one non-empty \boxed{...} (several would be the same hack as above)
     "boxed": lambda text: bool(last_boxed(text)) and len(_BOXED_MARK.findall(text)) == 1,
 }
 # Half credit on the way to the strict form: the answer stated once, but not as the last line.
-# From the SFT checkpoint 3.5% of samples stated it once and 0.6% strictly (our learning run),
-# too rare a signal for the strict form alone to be learned within an hour on 2 cores.
-_HALF_FORMATS: dict[str, Callable[[str], bool]] = {"hashes": _hashes_once}
-ANSWER_FORMATS = tuple(_FORMATS)
+# The SFT checkpoint's samples rarely meet the strict form, too rare a signal for it alone to
+# be learned (the 2026-11-23 runs in docs/experiments.md); the answer stated once is commoner.
+HALF_FORMATS: dict[str, Callable[[str], bool]] = {"hashes": _hashes_once}
+ANSWER_FORMATS = tuple(FORMATS)
 
 
 _BOXED_MARK = re.compile(r"\\(?:boxed|fbox)(?![a-zA-Z])")
 
 
-def _has_number(text: str) -> bool:
+def has_number(text: str) -> bool:
     return to_number(text) is not None
 
 
@@ -207,12 +214,12 @@ def _has_number(text: str) -> bool:
 def format_reward(completion: str, *, answer_format: str = "hashes", **_) -> float:
     """1 if the completion states its final answer in the instructed form (`answer_format`),
     0.5 if it states it once in that form but not at the end ('hashes'), else 0."""
-    if answer_format not in _FORMATS:
-        raise UserError(f"reward.answer_format must be one of {', '.join(_FORMATS)}, "
+    if answer_format not in FORMATS:
+        raise UserError(f"reward.answer_format must be one of {', '.join(FORMATS)}, "
                         f"got {answer_format!r}")
-    if _FORMATS[answer_format](completion):
+    if FORMATS[answer_format](completion):
         return 1.0
-    half = _HALF_FORMATS.get(answer_format)
+    half = HALF_FORMATS.get(answer_format)
     return 0.5 if half is not None and half(completion) else 0.0
 
 
