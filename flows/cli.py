@@ -48,7 +48,8 @@ def show_config(cfg: Config, args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Command] = {
     "config": Command("print the resolved config (params.yaml + --set overrides)",
                       "flows.cli:show_config"),
-    "prepare": Command("load GSM8K/MATH, normalise to data/processed/*.parquet", "flows.prepare:cli"),
+    "prepare": Command("load the datasets (GSM8K, MATH, arithmetic, data.custom) into "
+                       "data/processed/*.parquet", "flows.prepare:cli"),
     "validate": Command("run the Great Expectations suites on the processed data", "flows.validate:cli"),
     "checkpoint": Command("materialise the SFT checkpoint (checkpoint.source) as safetensors", "flows.checkpoint:cli"),
     "train": Command("GRPO training: rollouts, rewards, updates, checkpoints (a Prefect flow)",
@@ -57,7 +58,8 @@ COMMANDS: dict[str, Command] = {
                           help="continue from the last completed iteration in the same MLflow run"),
                       arg("--no-eval", action="store_true",
                           help="skip the final evaluation (the DVC pipeline runs it as a stage)"))),
-    "evaluate": Command("evaluate a checkpoint on GSM8K and MATH-500 (a Prefect flow)",
+    "evaluate": Command("evaluate a checkpoint on evaluate.datasets, optionally against a "
+                        "baseline (a Prefect flow)",
                         "flows.evaluate:cli",
                         (arg("--checkpoint", default="models/grpo/final", metavar="DIR",
                              help="HF model directory (default: %(default)s)"),
