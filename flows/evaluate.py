@@ -1,6 +1,6 @@
 """Evaluation on GSM8K and MATH: greedy pass@1, sampled pass@k / maj@k, MATH by level and
 subject. `grpo evaluate --checkpoint DIR` runs it on its own (full sets by default, or
-`evaluate.datasets[*].rows`); the training run calls `evaluate_sets` with its live engine
+`evaluate.datasets[*].rows`); the training run calls `score_sets` with its live engine
 (`flows.run.evaluation`).
 """
 
@@ -17,12 +17,6 @@ from flows.run.inputs import engine_options, load_data, prompt_renderer
 from flows.run.values import THIN
 from grpo_core.config import Config, load_config
 from grpo_core.errors import UserError
-
-
-def evaluate_sets(engine, render, sets: dict, **settings) -> dict[str, dict]:
-    """{dataset name: metrics} for each {name: processed rows} with prompts from `render`
-    (`settings`: those of `score_sets`)."""
-    return score_sets(engine, render, sets, **settings)[0]
 
 
 def score_sets(engine, render, sets: dict, *, max_new_tokens: int, samples: int,

@@ -146,12 +146,12 @@ def test_the_mixture_is_rewarded_row_by_row_on_engine_output(project, engine):
 
 
 def test_evaluation_judges_each_dataset_by_its_checker(project, engine):
-    from flows.evaluate import evaluate_sets, flat_metrics
+    from flows.evaluate import flat_metrics, score_sets
     from flows.run.inputs import load_data, prompt_renderer
 
     cfg = project[1]
     _, sets, shots = load_data(cfg)
-    results = evaluate_sets(engine, prompt_renderer(cfg, engine.tokenizer, shots), sets,
+    results, _ = score_sets(engine, prompt_renderer(cfg, engine.tokenizer, shots), sets,
                             max_new_tokens=8, samples=2, temperature=0.6, time_limit_s=5.0,
                             seed=0)
     for checker, accuracy in EXPECTED.items():

@@ -5,6 +5,7 @@ sets with the same prompts and decoding as `grpo evaluate` does a saved checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -96,20 +97,18 @@ def _promote(run: LiveRun, comparisons: dict) -> None:
     print(decision.summary() + where, file=sys.stderr)
 
 
-class _starting_weights:
+@contextlib.contextmanager
+def _starting_weights(run: LiveRun):
     """The engine holds the SFT checkpoint's weights inside the block: it already does before
     the first update; a resumed run swaps them in and its policy's weights back after."""
-
-    def __init__(self, run: LiveRun):
-        self.run, self.swap = run, run.start_iteration > 1
-
-    def __enter__(self):
-        if self.swap:
-            self.run.engine.update_weights(_checkpoint_tensors(self.run.sft_dir))
-
-    def __exit__(self, *exc):
-        if self.swap:
-            self.run.engine.update_weights(self.run.learner.sync_weights())
+    if run.start_iteration == 1:
+        yield
+        return
+    run.engine.update_weights(_checkpoint_tensors(run.sft_dir))
+    try:
+        yield
+    finally:
+        run.engine.update_weights(run.learner.sync_weights())
 
 
 def _checkpoint_tensors(model_dir: Path):
