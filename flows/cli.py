@@ -37,6 +37,7 @@ class Command:
     help: str
     target: str  # "module:function", called as function(cfg, args) -> exit status or None
     args: tuple[Arg, ...] = ()
+    flow: bool = False  # runs a Prefect flow: gets a temporary server tied to this process
 
 
 def show_config(cfg: Config, args: argparse.Namespace) -> int:
@@ -56,8 +57,12 @@ COMMANDS: dict[str, Command] = {
                      "flows.train:cli",
                      (arg("--resume", action="store_true",
                           help="continue from the last completed iteration in the same MLflow run"),
+                      arg("--allow-change", action="append", default=[], metavar="KEY",
+                          help="with --resume: let KEY differ from the interrupted run's recipe, "
+                               "e.g. train.iterations (repeatable; recorded as an MLflow tag)"),
                       arg("--no-eval", action="store_true",
-                          help="skip the final evaluation (the DVC pipeline runs it as a stage)"))),
+                          help="skip the final evaluation (the DVC pipeline runs it as a stage)")),
+                     flow=True),
     "evaluate": Command("evaluate a checkpoint on evaluate.datasets, optionally against a "
                         "baseline (a Prefect flow)",
                         "flows.evaluate:cli",
@@ -65,8 +70,10 @@ COMMANDS: dict[str, Command] = {
                              help="HF model directory (default: %(default)s)"),
                          arg("--baseline", default=None, metavar="DIR",
                              help="also evaluate this model on the same problems and report "
-                                  "the paired change with its 95%% CI"))),
-    "pipeline": Command("run every stage end to end (what `make run` runs)", "flows.pipeline:cli"),
+                                  "the paired change with its 95%% CI")),
+                        flow=True),
+    "pipeline": Command("run every stage end to end (what `make run` runs)", "flows.pipeline:cli",
+                        flow=True),
     "serve": Command("serve the pipeline as a Prefect deployment on a cron schedule",
                      "flows.serve:cli",
                      (arg("--cron", required=True, help='cron expression, e.g. "0 3 * * *"'),
@@ -117,13 +124,27 @@ def _resolve(target: str) -> Callable[[Config, argparse.Namespace], Any]:
 
 
 class _NoUserErrorTraceback(logging.Filter):
-    """Prefect logs a failed task's traceback itself; for a user's mistake the one line that
-    the CLI prints is the whole story, so the traceback is dropped (kept with --debug)."""
+    """Prefect logs a failed task's traceback itself; for a user's mistake (or a Ctrl-C) the
+    one line that the CLI prints is the whole story, so the traceback is dropped (kept with
+    --debug)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], UserError):
+        if record.exc_info and isinstance(record.exc_info[1], (UserError, KeyboardInterrupt)):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+def _server_for(command: Command):
+    """A flow command's temporary Prefect server (flows.prefect_server); torchrun's ranks
+    other than 0 run no flow and start none."""
+    import contextlib
+    import os
+
+    if not command.flow or os.environ.get("RANK", "0") != "0":
+        return contextlib.nullcontext()
+    from flows.prefect_server import temporary_server
+
+    return temporary_server()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,7 +157,9 @@ def main(argv: list[str] | None = None) -> int:
             logging.getLogger(name).addFilter(_NoUserErrorTraceback())
     try:
         cfg = load_config(args.params, args.overrides)
-        status = _resolve(COMMANDS[args.command].target)(cfg, args)
+        command = COMMANDS[args.command]
+        with _server_for(command):
+            status = _resolve(command.target)(cfg, args)
         return int(status or 0)
     except UserError as exc:
         if args.debug:

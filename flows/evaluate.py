@@ -16,7 +16,7 @@ from prefect import flow, task
 from flows.run.inputs import engine_options, load_data, prompt_renderer
 from flows.run.values import THIN
 from grpo_core.config import Config, load_config
-from grpo_core.errors import UserError
+from grpo_core.checkpoints.sft import check_model_dir
 
 
 def score_sets(engine, render, sets: dict, *, max_new_tokens: int, samples: int,
@@ -109,8 +109,7 @@ def evaluate_checkpoint(params: str, overrides: list[str], checkpoint: str
     from grpo_core.rollout import make_engine
 
     cfg = load_config(params, overrides)
-    if not (Path(checkpoint) / "config.json").is_file():
-        raise UserError(f"--checkpoint {checkpoint}: not a model directory (no config.json)")
+    check_model_dir(Path(checkpoint), checkpoint)
     _, sets, shots = load_data(cfg)
     render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
     engine = make_engine(cfg.rollout.engine, checkpoint, **engine_options(cfg))
@@ -140,7 +139,13 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo evaluate [--checkpoint DIR] [--baseline DIR]`: evaluate a saved model (and
     compare it with a baseline model), print a table, write JSON."""
     from flows.comparison import from_results, table
+    from flows.run.inputs import check_processed
 
+    # before the flow starts Prefect's server: a wrong path is a one-line error at once
+    check_processed(cfg, evaluate_only=True)
+    for flag, where in (("--checkpoint", args.checkpoint), ("--baseline", args.baseline)):
+        if where is not None:
+            check_model_dir(Path(where), f"{flag} {where}")
     results = evaluate_flow(args.params, args.overrides, checkpoint=args.checkpoint,
                             baseline=args.baseline)
     print(format_table(results))

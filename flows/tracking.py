@@ -18,6 +18,12 @@ import pandas as pd
 
 
 
+# The MLflow UI opens an experiment in the view its kind names; without it, MLflow 3 guesses
+# and a run with logged tables and figures opens in the GenAI view (traces, evaluations)
+# instead of the runs table and metric charts ("Model training").
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def tracking_uri(configured: str | None) -> str:
     """The params value, else $MLFLOW_TRACKING_URI, else sqlite in the working directory
     (absolute, so that a flow run from another directory finds the same store)."""
@@ -40,9 +46,12 @@ class Tracker:
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
             root = _artifact_root(uri)
-            exp_id = self.client.create_experiment(experiment, artifact_location=root)
+            exp_id = self.client.create_experiment(experiment, artifact_location=root,
+                                                   tags={EXPERIMENT_KIND: MODEL_TRAINING})
         else:
             exp_id = exp.experiment_id
+            if EXPERIMENT_KIND not in exp.tags:  # made before the kind was set: set it once
+                self.client.set_experiment_tag(exp_id, EXPERIMENT_KIND, MODEL_TRAINING)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
 
     def log_params(self, params: Mapping[str, object]) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 from prefect import flow, task
@@ -26,12 +27,14 @@ from prefect import flow, task
 from flows.run import writers
 from flows.run.console import Budget, headline, progress
 from flows.run.evaluation import baseline_records, evaluate_live, final_evaluation
+from flows.run.inputs import check_processed
 from flows.run.live import LIVE, close_run, open_run, restart_engine
 from flows.run.values import THIN, Rollout, ScoredBatch, call
 from grpo_core.algorithm.experience import (advantages_for, draw_prompts, record_columns,
                                             rollout_metrics, score_groups, update_batch)
 from grpo_core.config import Config, load_config
 from grpo_core.parallel import distributed
+from grpo_core.rewards.functions import check_functions
 
 
 @task(name="rollout", retries=2, retry_delay_seconds=1, **THIN)
@@ -57,12 +60,14 @@ def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
     """Score every completion, compute group advantages, fill them into the records."""
     cfg = LIVE[key].cfg
     start = time.perf_counter()
+    errors: dict[str, str] = {}  # each failing function's first failure
     rewards, per_fn, metrics = score_groups(
         rollout.result, rollout.rows, weights=dict(cfg.reward.functions),
         time_limit_s=cfg.reward.timeout_s, max_new_tokens=cfg.rollout.max_new_tokens,
         overlong_buffer=cfg.reward.overlong_buffer, prompts=rollout.prompts,
         answer_format=cfg.reward.answer_format, reward_model_dir=cfg.reward.reward_model,
-        reward_model_batch_size=cfg.reward.reward_model_batch_size)
+        reward_model_batch_size=cfg.reward.reward_model_batch_size, errors=errors)
+    writers.report_reward_failures(LIVE[key], metrics, errors, rewards.numel())
     everything, mine = distributed.gather_groups(rewards)  # (P, G) over all ranks
     adv_all, adv_metrics = advantages_for(everything, cfg.algorithm.advantage, cfg.algorithm.eps)
     adv = adv_all[mine]  # this rank's groups; batch_std used the batch-wide std
@@ -146,11 +151,13 @@ def finish_task(key: str) -> str:
 
 @flow(name="grpo-train")
 def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
-               resume: bool = False, evaluate_at_end: bool = True) -> dict:
-    """Train from the SFT checkpoint (or resume the last run); returns the final evaluation
-    (empty without `evaluate_at_end`: DVC runs evaluation as its own stage)."""
+               resume: bool = False, evaluate_at_end: bool = True,
+               allow_changes: list[str] | None = None) -> dict:
+    """Train from the SFT checkpoint (or resume the interrupted run, whose recipe may differ
+    only in `allow_changes`); returns the final evaluation (empty without `evaluate_at_end`:
+    DVC runs evaluation as its own stage)."""
     cfg = load_config(params, overrides or [])
-    run = open_run(cfg, resume=resume)
+    run = open_run(cfg, resume=resume, allow_changes=tuple(allow_changes or ()))
     try:
         compare = evaluate_at_end and cfg.evaluate.baseline
         baseline = call(baseline_task, run.key) if compare else None
@@ -158,18 +165,20 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
         budget = Budget(cfg.train.max_minutes)
         with progress(run.start_iteration, n) as bar:
             for it in range(run.start_iteration, n + 1):
-                rollout, scored, metrics = run_iteration(run.key, it)
+                done = run_iteration(run.key, it)  # None: none of its prompts fit
                 last = it == n or distributed.any_rank(budget.spent())  # ranks agree
-                if it % every == 0 and not last:
-                    call(checkpoint_task, run.key, it)
-                    metrics.update(call(quick_evaluate_task, run.key, it))
-                # Log, then save: a kill in between reruns the iterations since the last save
-                # on resume, and their logs are skipped because MLflow already has the steps
-                # (no gap, no dupe; the rerun draws the same prompts and samples).
-                call(log_task, run.key, rollout, scored, metrics)
+                if done is not None:
+                    rollout, scored, metrics = done
+                    if it % every == 0 and not last:
+                        call(checkpoint_task, run.key, it)
+                        metrics.update(call(quick_evaluate_task, run.key, it))
+                    # Log, then save: a kill in between reruns the iterations since the last
+                    # save on resume, and their logs are skipped because MLflow already has
+                    # the steps (no gap, no dupe; the rerun draws the same prompts and samples)
+                    call(log_task, run.key, rollout, scored, metrics)
                 if it % cfg.train.resume_every == 0 or last:
                     call(save_state_task, run.key, it)
-                bar.update(metrics)
+                bar.update(done[2] if done else {})
                 if last:
                     break
         call(finish_task, run.key)
@@ -177,16 +186,23 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                    if evaluate_at_end else {})
         close_run(run, "FINISHED")
         return results
+    except KeyboardInterrupt:
+        close_run(run, "KILLED")  # resumable, like FAILED
+        raise
     except BaseException:
         close_run(run, "FAILED")
         raise
 
 
-def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, float]]:
+def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, float]] | None:
     """The tasks of one iteration, up to the weight sync: the rollout, its scores, and the
-    iteration's metrics over all ranks (rank 0 logs the job's numbers)."""
+    iteration's metrics over all ranks (rank 0 logs the job's numbers). None, with a warning,
+    when every prompt drawn was over the prompt limit (an iteration with nothing to learn)."""
     start = time.perf_counter()
     rollout = call(rollout_task, key, it)
+    if distributed.any_rank(not rollout.result.groups):
+        skipped_iteration(LIVE[key], it)
+        return None
     scored = call(reward_task, key, rollout)
     updated = call(update_task, key, rollout, scored)
     synced_s = call(sync_task, key)
@@ -195,14 +211,25 @@ def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, fl
     return rollout, scored, distributed.reduce_metrics(metrics)
 
 
+def skipped_iteration(run, it: int) -> None:
+    run.skipped_iterations += 1
+    r = run.cfg.rollout
+    if distributed.is_main():
+        print(f"iteration {it} skipped: all its prompts are over rollout.max_prompt_tokens="
+              f"{r.max_prompt_tokens} (rollout.overlong_prompts={r.overlong_prompts}); "
+              f"{run.skipped_iterations} skipped so far", file=sys.stderr)
+
+
 def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo train [--resume] [--no-eval]`, also under `torchrun` (one process per rank)."""
     distributed.init_from_env(cfg.train.dist_timeout_s)
     distributed.shard_range(cfg.rollout.prompts_per_iteration)  # fail before any loading
+    check_processed(cfg)  # and before Prefect's server starts
+    check_functions(list(cfg.reward.functions), cfg.reward.reward_model)
     entry = train_flow if distributed.is_main() else train_flow.fn  # one Prefect flow run
     try:
         results = entry(args.params, args.overrides, resume=args.resume,
-                        evaluate_at_end=not args.no_eval)
+                        evaluate_at_end=not args.no_eval, allow_changes=args.allow_change)
     finally:
         distributed.shutdown()
     if results:

@@ -37,12 +37,14 @@ def tiny_params(root: Path, sft_dir: Path, data_dir: Path, *, engine: str = "vll
         "checkpoint": {"source": str(sft_dir)},
         "rollout": {"engine": engine, "prompts_per_iteration": 2, "group_size": 2,
                     "max_new_tokens": 12, "cpu_kv_cache_gib": 0.25, "dtype": "float32"},
+        "reward": {"functions": {"gsm8k_accuracy": 1.0, "format": 0.5}},
         "algorithm": {"beta": 0.04},
         "train": {"iterations": iterations, "checkpoint_every": 1, "micro_batch_size": 2,
-                  "learning_rate": 1e-4, "autocast": "float32"},
+                  "learning_rate": 1e-4, "autocast": "float32", "max_minutes": None,
+                  "resume_every": 5},
         "evaluate": {"datasets": [{"name": "gsm8k", "split": "test", "rows": 3},
                                   {"name": "math500", "split": "test", "rows": 3}],
-                     "max_new_tokens": 12, "samples": 2, "quick_rows": 2},
+                     "max_new_tokens": 12, "samples": 2, "quick_rows": 2, "final_rows": 25},
         "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}",
                      "experiment": "tiny"},
     }
@@ -76,6 +78,22 @@ def grpo_env(root: Path) -> dict[str, str]:
 def run_grpo(root: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "grpo"), *args], cwd=root, env=grpo_env(root),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def kill_at_rollout(root: Path, iteration: int, *args: str) -> None:
+    """Start `grpo train [args]` and SIGKILL its process group once iteration `iteration`'s
+    rollouts are written (the iterations before it are logged)."""
+    proc = subprocess.Popen([str(BIN / "grpo"), "train", *args], cwd=root, env=grpo_env(root),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    rollouts = root / "rollouts" / f"iter_{iteration:05d}.parquet"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if rollouts.is_file():
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    assert proc.wait(timeout=60) == -signal.SIGKILL, "training ended before it could be killed"
 
 
 def free_port() -> int:

@@ -89,6 +89,30 @@ def test_a_new_source_replaces_the_old_directory(local_dir, tmp_path):
     assert (out / "model.safetensors").is_file()
 
 
+def test_a_reused_directory_whose_weights_were_cut_is_made_again(local_dir, tmp_path, caplog):
+    out = materialize(str(local_dir), tmp_path / "sft")
+    weights = out / "model.safetensors"
+    whole = weights.stat().st_size
+    weights.write_bytes(weights.read_bytes()[:-1000])  # the marker still matches the source
+    with caplog.at_level(logging.WARNING, logger="grpo_core.checkpoints.sft"):
+        assert materialize(str(local_dir), out) == out
+    assert weights.stat().st_size == whole
+    assert any("truncated or corrupt safetensors file" in r.message and "materialising it "
+               "again" in r.message for r in caplog.records)
+
+
+def test_model_directories_given_by_flag_get_the_same_checks(local_dir, tmp_path):
+    import shutil
+
+    d = tmp_path / "pickled"
+    shutil.copytree(local_dir, d)
+    checkpoint.check_model_dir(d, "--checkpoint x")  # whole: accepted
+    (d / "model.safetensors").rename(d / "pytorch_model.bin")
+    with pytest.raises(UserError, match=r"^--checkpoint x: only pickled weights "
+                                        r"\(pytorch_model.bin\), which are refused"):
+        checkpoint.check_model_dir(d, "--checkpoint x")
+
+
 def test_missing_path(tmp_path):
     one_line_error(tmp_path / "nope", tmp_path, "no such file or directory")
 

@@ -5,11 +5,7 @@ sampling is exactly reproducible on CPU, so here the RNG allows exact equality).
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +13,7 @@ import torch
 from mlflow.tracking import MlflowClient
 from safetensors.torch import load_file
 
-from tests.pipeline_support import BIN, VARIETY_REWARD, grpo_env, run_grpo, tiny_params
+from tests.pipeline_support import VARIETY_REWARD, kill_at_rollout, run_grpo, tiny_params
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 ITERATIONS = 8
@@ -32,21 +28,9 @@ def _project(root: Path, sft: Path, data: Path) -> Path:
 
 
 def _kill_at_rollout(root: Path, iteration: int) -> int:
-    """Start `grpo train`, SIGKILL it once iteration `iteration`'s rollouts are written (the
-    iterations before it are logged); -> the iteration of the saved resume state."""
-    proc = subprocess.Popen([str(BIN / "grpo"), "train", "--no-eval"], cwd=root,
-                            env=grpo_env(root), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    meta = root / "models" / "grpo" / "resume" / "meta.json"
-    rollouts = root / "rollouts" / f"iter_{iteration:05d}.parquet"
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if rollouts.is_file():
-            os.killpg(proc.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    assert proc.wait(timeout=60) == -signal.SIGKILL, "training ended before it could be killed"
-    return json.loads(meta.read_text())["iteration"]
+    """SIGKILL `grpo train` in iteration `iteration`; -> the iteration of the saved state."""
+    kill_at_rollout(root, iteration, "--no-eval")
+    return json.loads((root / "models" / "grpo" / "resume" / "meta.json").read_text())["iteration"]
 
 
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_dir, data_dir):

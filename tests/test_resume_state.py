@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from grpo_core.errors import UserError
-from grpo_core.checkpoints.resume import load_state, read_meta, save_state
+from grpo_core.checkpoints.resume import (clean_temporaries, discard_state, load_state, read_meta,
+                                          save_state)
 
 
 def test_round_trip_restores_tensors_and_rng(tmp_path):
@@ -46,3 +47,27 @@ def test_missing_state_is_a_user_error(tmp_path):
     assert read_meta(tmp_path / "none") is None
     with pytest.raises(UserError, match="nothing to resume: no saved state in"):
         load_state(tmp_path / "none")
+
+
+def test_a_damaged_state_is_a_one_line_error(tmp_path):
+    d = tmp_path / "resume"
+    save_state(d, {"x": torch.zeros(1000)}, {"iteration": 2})
+    learner = d / "learner.pt"
+    learner.write_bytes(learner.read_bytes()[:300])  # truncated
+    with pytest.raises(UserError, match=r"the resume state .*resume is damaged \(.*\); delete"):
+        load_state(d)
+    (d / "meta.json").write_text('{"iteration": ')
+    with pytest.raises(UserError, match=r"meta.json is damaged"):
+        read_meta(d)
+
+
+def test_stale_temporaries_are_cleaned_and_a_new_run_discards_the_old_state(tmp_path):
+    d = tmp_path / "resume"
+    save_state(d, {"x": torch.zeros(1)}, {"iteration": 1})
+    (tmp_path / "resume.tmp").mkdir()
+    (tmp_path / "resume.tmp" / "learner.pt").write_bytes(b"half")
+    clean_temporaries(d)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["resume"]
+    (tmp_path / "resume.old").mkdir()
+    discard_state(d)
+    assert list(tmp_path.iterdir()) == []

@@ -42,3 +42,28 @@ def test_dead_engine_is_rebuilt_and_the_rollout_retried(tmp_path, monkeypatch, t
         assert len(rollout.result.groups) == 2
     finally:
         close_run(run, "FINISHED")
+
+
+def test_a_user_error_is_not_retried_and_anything_else_is():
+    from prefect import task
+
+    from flows.run.values import THIN
+    from grpo_core.errors import UserError
+
+    calls = {"user": 0, "other": 0}
+
+    @task(retries=2, retry_delay_seconds=0, **THIN)
+    def fails(kind: str) -> int:
+        calls[kind] += 1
+        if calls[kind] < 3:
+            raise UserError("a mistake in params.yaml") if kind == "user" else RuntimeError("flaky")
+        return calls[kind]
+
+    @flow
+    def both():
+        with pytest.raises(UserError):
+            fails("user")
+        return fails("other")
+
+    assert both() == 3  # the passing failure retried twice, then it succeeded
+    assert calls["user"] == 1  # the same input fails the same way: no retry

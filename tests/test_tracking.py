@@ -26,3 +26,18 @@ def test_hundreds_of_sample_tables_log_and_read_back(tmp_path):
     assert table["data"] == [[3, "#### 7", 1.0, 0.7071], [4, None, 0.0, -0.7071]]
     rebuilt = pd.DataFrame(table["data"], columns=table["columns"])
     assert rebuilt["reward"].tolist() == [1.0, 0.0]
+
+
+def test_experiments_open_in_the_model_training_view(tmp_path):
+    """The experiment's kind tag, on a new experiment and on one made before the tag."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    Tracker(uri, "fresh")
+    old = client.create_experiment("older")  # as an earlier version made it
+    assert "mlflow.experimentKind" not in client.get_experiment(old).tags
+    Tracker(uri, "older")
+    for name in ("fresh", "older"):
+        tags = client.get_experiment_by_name(name).tags
+        assert tags["mlflow.experimentKind"] == "custom_model_development", name

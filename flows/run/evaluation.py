@@ -75,7 +75,8 @@ def final_evaluation(run: LiveRun, iteration: int, baseline: dict | None) -> dic
     comparisons = compare_sets(baseline, records) if baseline else {}
     results = attach(results, comparisons)
     flat = flat_metrics(results, "eval")
-    run.tracker.log_metrics(flat, step=iteration)
+    if not run.tracker.has_step(f"eval/{next(iter(results))}/accuracy", iteration):
+        run.tracker.log_metrics(flat, step=iteration)  # once (a resume may evaluate again)
     run.tracker.log_file(write_results(results, run.cfg.evaluate.output), "eval")
     write_results(records, records_path(run.cfg.evaluate.output))  # what the numbers rest on
     if comparisons and run.cfg.promote.enabled:

@@ -88,3 +88,31 @@ def engine_options(cfg: Config) -> dict[str, Any]:
                 gpu_memory_utilization=r.gpu_memory_utilization,
                 tensor_parallel_size=r.tensor_parallel_size, sleep_mode=r.sleep_mode,
                 max_model_len=longest, kv_cache_tokens=batch)
+
+
+def check_prompts_fit(cfg: Config, tokenizer: Any, render: PromptRenderer,
+                      mixture: pd.DataFrame) -> None:
+    """Stop before training when no training prompt fits `rollout.max_prompt_tokens` (with
+    `overlong_prompts: skip` every iteration would have nothing to sample). Tokenizes only
+    the prompts of the shortest questions."""
+    r = cfg.rollout
+    if r.overlong_prompts != "skip" or mixture.empty:
+        return
+    shortest = mixture["question"].str.len().nsmallest(16).index
+    prompts = render(mixture.loc[shortest, "question"].tolist())
+    fewest = min(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts)
+    if fewest > r.max_prompt_tokens:
+        raise UserError(f"rollout.max_prompt_tokens={r.max_prompt_tokens}: no training prompt "
+                        f"fits (the shortest has {fewest} tokens), so rollout.overlong_prompts="
+                        f"skip would skip them all; raise the limit or use truncate")
+
+
+def check_processed(cfg: Config, *, evaluate_only: bool = False) -> None:
+    """The processed files a run reads exist: checked before its flow starts Prefect's
+    server (which takes a while), so a missing `grpo prepare` is one line at once."""
+    from flows.prepare import eval_splits, processed_paths, train_splits
+
+    splits = eval_splits(cfg) if evaluate_only else train_splits(cfg) + eval_splits(cfg)
+    for path in processed_paths(cfg, splits).values():
+        if not Path(path).is_file():
+            raise UserError(f"processed dataset not found: {path} (run `grpo prepare`)")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
+from grpo_core.errors import UserError
 from grpo_core.parallel import distributed
 
 if TYPE_CHECKING:
@@ -25,7 +26,14 @@ if TYPE_CHECKING:
 
     from grpo_core.rollout import RolloutResult
 
-THIN = dict(cache_policy=NO_CACHE, persist_result=False)
+def retry_unless_user_error(task, task_run, state) -> bool:
+    """Prefect's retry condition for every task: retry what may be passing (an engine that
+    died, a locked sqlite), never a user's mistake, which fails the same way each time and
+    would only delay its one-line error."""
+    return not isinstance(state.data, UserError)
+
+
+THIN = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=retry_unless_user_error)
 
 
 @dataclass(frozen=True, eq=False)

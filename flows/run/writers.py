@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -52,6 +54,20 @@ def fill_records(run: LiveRun, iteration: int, records: Path,
     write(frame, run.cfg.rollout.output_dir, iteration)
 
 
+def report_reward_failures(run: LiveRun, metrics: dict[str, float], errors: dict[str, str],
+                           scored: int) -> None:
+    """Warn (console and an MLflow tag `reward.<name>.failure`) the first time a reward
+    function fails and when its failure rate crosses reward.failure_warn_rate; the watch
+    stops the run past reward.failure_stop_rate."""
+    counts = {name: (scored, int(metrics.get(f"reward/{name}/failures", 0)))
+              for name in run.cfg.reward.functions}
+    for name, line in run.reward_watch.observe(counts, errors):
+        print(f"warning: {line}", file=sys.stderr)
+        if run.tracker is not None:
+            key = re.sub(r"[^\w./ -]", "_", name)  # MLflow's tag-key characters
+            run.tracker.set_tags({f"reward.{key}.failure": line[:5000]})
+
+
 def save_resume_state(run: LiveRun, iteration: int) -> Path | None:
     """Every rank calls it (FSDP2 gathers the state collectively); rank 0 writes."""
     from grpo_core.checkpoints.resume import save_state
@@ -59,7 +75,8 @@ def save_resume_state(run: LiveRun, iteration: int) -> Path | None:
     state = run.learner.state_dict()
     if not distributed.is_main():
         return None
-    meta = {"iteration": iteration, "run_id": run.tracker.run_id, "history": run.history}
+    meta = {"iteration": iteration, "run_id": run.tracker.run_id, "history": run.history,
+            "config": run.cfg.flat()}  # the recipe a resume must match (continuity)
     return save_state(run.out_dir / "resume", state, meta)
 
 

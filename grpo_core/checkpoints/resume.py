@@ -47,7 +47,10 @@ def read_meta(state_dir: str | Path) -> dict[str, Any] | None:
     for candidate in (Path(state_dir), Path(str(state_dir) + ".old")):
         meta = candidate / "meta.json"
         if meta.is_file():
-            return {**json.loads(meta.read_text()), "_dir": str(candidate)}
+            try:
+                return {**json.loads(meta.read_text()), "_dir": str(candidate)}
+            except ValueError as e:
+                raise _damaged(meta, e) from None
     return None
 
 
@@ -57,10 +60,32 @@ def load_state(state_dir: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if meta is None:
         raise UserError(f"nothing to resume: no saved state in {state_dir} (run without --resume)")
     where = Path(meta.pop("_dir"))
-    # weights_only: the file holds tensors and plain containers; never unpickle code
-    learner = torch.load(where / "learner.pt", map_location="cpu", weights_only=True)
-    _set_rng_state(json.loads((where / "rng.json").read_text()))
+    try:
+        # weights_only: the file holds tensors and plain containers; never unpickle code
+        learner = torch.load(where / "learner.pt", map_location="cpu", weights_only=True)
+        rng = json.loads((where / "rng.json").read_text())
+    except (OSError, RuntimeError, ValueError, EOFError) as e:
+        raise _damaged(where, e) from None
+    _set_rng_state(rng)
     return learner, meta
+
+
+def clean_temporaries(state_dir: str | Path) -> None:
+    """Remove what a save killed before its commit point left (`<dir>.tmp`, about 12 bytes a
+    parameter). `<dir>.old` stays: after a kill between the renames it is the only state."""
+    shutil.rmtree(Path(str(state_dir) + ".tmp"), ignore_errors=True)
+
+
+def discard_state(state_dir: str | Path) -> None:
+    """Remove a previous run's state (a new run replaces it)."""
+    for suffix in ("", ".old", ".tmp"):
+        shutil.rmtree(Path(str(state_dir) + suffix), ignore_errors=True)
+
+
+def _damaged(path: Path, error: Exception) -> UserError:
+    first = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return UserError(f"the resume state {path} is damaged ({first}); delete "
+                     f"{path if path.is_dir() else path.parent} and start again without --resume")
 
 
 def _rng_state() -> dict[str, Any]:

@@ -68,7 +68,11 @@ def materialize(source: str, out_dir: str | Path, *, trust_remote_code: bool = F
     out = Path(out_dir)
     marker = read_marker(out)
     if marker is not None and marker.get("source") == source:
-        return out
+        try:
+            check_model_dir(out, str(out))  # the files reused must be whole
+            return out
+        except UserError as damaged:
+            log.warning("%s; materialising it again from %s", damaged, source)
     kind, spec = parse_source(source)
     model, tokenizer = SOURCES[kind](spec, trust_remote_code)
     template = _ensure_chat_template(tokenizer, source)
@@ -116,22 +120,7 @@ def bundled_path(name: str) -> Path:
 # ------------------------------------------------------------------------ sources
 def _load_dir(spec: str, trust_remote_code: bool):
     path = Path(spec).expanduser()
-    if not path.exists():
-        raise UserError(f"checkpoint.source {spec!r}: no such file or directory")
-    if not path.is_dir():
-        raise UserError(f"checkpoint.source {spec!r}: not a directory (a GGUF file needs the "
-                        f"'gguf:' prefix)")
-    if not (path / "config.json").is_file():
-        raise UserError(f"checkpoint.source {spec!r}: not a Hugging Face model directory "
-                        f"(no config.json)")
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
-        why = (f"only pickled weights ({pickled[0]}), which are refused: convert them to "
-               f"safetensors" if pickled else "no *.safetensors weights")
-        raise UserError(f"checkpoint.source {spec!r}: {why}")
-    for w in weights:
-        check_safetensors(w)
+    check_model_dir(path, f"checkpoint.source {spec!r}")
     _require_causal_lm(path, spec, trust_remote_code)
     return _from_pretrained(str(path), spec, trust_remote_code=trust_remote_code)
 
@@ -169,6 +158,26 @@ SOURCES: dict[str, Callable] = {
 
 
 # ------------------------------------------------------------------------ helpers
+def check_model_dir(path: Path, label: str) -> None:
+    """Refuse, in one line starting with `label`, a directory the product must not load: not
+    an HF model directory, pickled weights only (never unpickled), or a safetensors file that
+    is truncated or corrupt."""
+    if not path.exists():
+        raise UserError(f"{label}: no such file or directory")
+    if not path.is_dir():
+        raise UserError(f"{label}: not a directory (a GGUF file needs the 'gguf:' prefix)")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{label}: not a Hugging Face model directory (no config.json)")
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
+        pickled = [p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt")]
+        why = (f"only pickled weights ({pickled[0]}), which are refused: convert them to "
+               f"safetensors" if pickled else "no *.safetensors weights")
+        raise UserError(f"{label}: {why}")
+    for w in weights:
+        check_safetensors(w)
+
+
 def check_safetensors(path: Path) -> None:
     """Refuse a truncated or corrupt safetensors file before anything loads it: the header
     must be valid JSON and the tensors' byte ranges must end exactly at the file's end."""

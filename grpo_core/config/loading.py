@@ -69,10 +69,29 @@ def _read_yaml(path):
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"{p}{at}: not valid YAML: {problem}") from None
     if raw is None:
-        return {}, {}, str(p)
+        raise UserError(f"{p}: the file is empty (give at least one section, or delete it to "
+                        f"run on the built-in defaults)")
+    _refuse_duplicate_keys(node, p)
     if not isinstance(raw, dict):
         raise UserError(f"{p}: the top level must be a mapping of sections, got {type(raw).__name__}")
     return raw, {k: f"{p}:{line}" for k, line in _key_lines(node)}, str(p)
+
+
+def _refuse_duplicate_keys(node, path: Path, prefix: str = "") -> None:
+    """YAML keeps the last of two equal keys without a word: a second copy of a section would
+    silently replace the first. One line naming both lines instead."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            key, line = f"{prefix}{key_node.value}", key_node.start_mark.line + 1
+            if key in seen:
+                raise UserError(f"{path}:{line}: duplicate key {key!r} (first at line "
+                                f"{seen[key]}); YAML would keep only the last")
+            seen[key] = line
+            _refuse_duplicate_keys(value_node, path, key + ".")
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, path, f"{prefix}{i}.")
 
 
 def _key_lines(node, prefix=""):

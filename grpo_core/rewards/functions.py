@@ -91,10 +91,18 @@ def _with_alarm(fn: Callable[[], Any], seconds: float) -> Any:
 
 # -------------------------------------------------------------------- lifting
 class _Failed:
-    """Marker of a per-completion failure; `timeout` tells the two kinds apart in metrics."""
+    """Marker of a per-completion failure; `timeout` tells the two kinds apart in metrics,
+    `error` is what the user sees (the first failure of each function is reported)."""
 
-    def __init__(self, timeout: bool):
-        self.timeout = timeout
+    def __init__(self, timeout: bool, error: str = ""):
+        self.timeout, self.error = timeout, error
+
+    @classmethod
+    def of(cls, exc: BaseException, limit_s: float) -> "_Failed":
+        if isinstance(exc, RewardTimeout):
+            return cls(True, f"timed out after {limit_s:g} s (reward.timeout_s)")
+        text = str(exc).strip().splitlines()
+        return cls(False, f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__)
 
 
 # Context lists with one entry per completion; `per_completion` hands each function its own
@@ -119,12 +127,10 @@ def per_completion(item_fn: Callable[..., float]) -> RewardFn:
                                      **{one: values[i] for one, values in items.items()})
             try:
                 out.append(call_with_limit(call, time_limit_s))
-            except RewardTimeout:
-                out.append(_Failed(timeout=True))
             except UserError:  # a configuration mistake, not a bad completion
                 raise
-            except Exception:
-                out.append(_Failed(timeout=False))
+            except Exception as exc:  # RewardTimeout included
+                out.append(_Failed.of(exc, time_limit_s))
         return out
 
     batch.per_completion = True  # score() must not apply a second, whole-batch limit
@@ -315,13 +321,15 @@ def check_functions(names: Sequence[str], reward_model_dir: Optional[str] = None
 # --------------------------------------------------------------------- scoring
 def score(completions: Sequence[str], *, answers: Sequence[str], sources: Sequence[str],
           token_counts: Sequence[int], max_new_tokens: int, weights: dict[str, float],
-          time_limit_s: float = 5.0, **context: Any) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
+          time_limit_s: float = 5.0, errors: dict[str, str] | None = None,
+          **context: Any) -> tuple[np.ndarray, dict[str, np.ndarray], dict]:
     """Weighted sum of the configured reward functions.
 
     Returns (total (N,), {name: (N,)}, metrics). A per-completion function gets `time_limit_s`
     for each completion; any other function gets `time_limit_s * N` for the whole batch, and if it
     raises or runs out of time every completion gets 0 from it. Failures are counted in
-    `reward/<name>/failures` (timeouts also in `reward/<name>/timeouts`)."""
+    `reward/<name>/failures` (timeouts also in `reward/<name>/timeouts`); `errors`, if given,
+    receives each failing function's first failure as text."""
     n = len(completions)
     for label, values in (("answers", answers), ("sources", sources), ("token_counts", token_counts)):
         if len(values) != n:
@@ -333,7 +341,9 @@ def score(completions: Sequence[str], *, answers: Sequence[str], sources: Sequen
     metrics: dict[str, float] = {}
     for name, weight in weights.items():
         raw = _call(resolve(name), list(completions), kwargs, time_limit_s * max(n, 1))
-        values, failures, timeouts = _check(name, raw, n)
+        values, failures, timeouts, first = _check(name, raw, n)
+        if errors is not None and failures:
+            errors[name] = first
         per_function[name] = values
         total += weight * values
         metrics.update({f"reward/{name}/mean": float(values.mean()) if n else 0.0,
@@ -351,14 +361,13 @@ def _call(fn: RewardFn, completions: list[str], kwargs: dict, batch_limit: float
         return call_with_limit(lambda: fn(completions, **kwargs), batch_limit)
     except UserError:
         raise
-    except RewardTimeout:
-        return [_Failed(timeout=True)] * len(completions)
-    except Exception:
-        return [_Failed(timeout=False)] * len(completions)
+    except Exception as exc:  # RewardTimeout included
+        return [_Failed.of(exc, batch_limit)] * len(completions)
 
 
-def _check(name: str, raw: Any, n: int) -> tuple[np.ndarray, int, int]:
-    """Values as (N,) float64 with failures as 0; wrong length or non-finite -> UserError."""
+def _check(name: str, raw: Any, n: int) -> tuple[np.ndarray, int, int, str]:
+    """(values as (N,) float64 with failures as 0, failures, time-outs, the first failure's
+    text); a wrong length or a non-finite value -> UserError."""
     try:
         raw = list(raw)
     except TypeError:
@@ -368,10 +377,12 @@ def _check(name: str, raw: Any, n: int) -> tuple[np.ndarray, int, int]:
         raise UserError(f"reward function {name} returned {len(raw)} values for {n} completions")
     values = np.zeros(n)
     failures = timeouts = 0
+    first = ""
     for i, v in enumerate(raw):
         if v is None or isinstance(v, _Failed):
             failures += 1
             timeouts += int(isinstance(v, _Failed) and v.timeout)
+            first = first or (v.error if isinstance(v, _Failed) else "returned None")
             continue
         try:
             values[i] = float(v)
@@ -381,4 +392,4 @@ def _check(name: str, raw: Any, n: int) -> tuple[np.ndarray, int, int]:
         if not math.isfinite(values[i]):
             raise UserError(f"reward function {name} returned a non-finite value ({v}) "
                             f"for completion {i}")
-    return values, failures, timeouts
+    return values, failures, timeouts, first
