@@ -72,6 +72,8 @@ RULES = [
     ("rollout.tensor_parallel_size=0", "rollout.tensor_parallel_size must be >= 1, got 0"),
     ("reward.functions={}", "reward.functions must not be empty"),
     ("reward.timeout_s=0", "reward.timeout_s must be > 0.0, got 0"),
+    ("reward.failure_warn_rate=0", "reward.failure_warn_rate must be > 0.0, got 0"),
+    ("reward.failure_stop_rate=1.5", "reward.failure_stop_rate must be <= 1.0, got 1.5"),
     ("reward.overlong_buffer=0", "reward.overlong_buffer must be >= 1, got 0"),
     ("reward.answer_format=xml", "reward.answer_format must be one of 'hashes' or 'boxed', got 'xml'"),
     ("reward.reward_model_batch_size=0", "reward.reward_model_batch_size must be >= 1, got 0"),
@@ -271,6 +273,13 @@ FILE_ERRORS = [  # (params.yaml bytes, the message after "<path>")
      r":4: data.train.1.name: must be a built-in dataset \(gsm8k, math, math500, arithmetic\) "
      r"or a key of data.custom \(none defined\), got 'capz'$"),
     (b"rollout:\n  stop: ['\xff']\n", r": not valid YAML"),
+    (b"", r": the file is empty \(give at least one section, or delete it to run on the "
+          r"built-in defaults\)$"),
+    (b"# all commented out\n", r": the file is empty"),
+    (b"train:\n  iterations: 2\nrollout:\n  group_size: 4\ntrain:\n  iterations: 5\n",
+     r":5: duplicate key 'train' \(first at line 1\); YAML would keep only the last$"),
+    (b"train:\n  iterations: 2\n  learning_rate: 1.0e-5\n  iterations: 3\n",
+     r":4: duplicate key 'train.iterations' \(first at line 2\)"),
 ]
 
 

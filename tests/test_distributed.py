@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 # name -> (update settings, ranks that hold no rows). Every case has mu > 1 and beta > 0.
 BASE = dict(autocast="float32", learning_rate=1e-4, max_grad_norm=1e9, micro_batch_size=4,
-            mu=2, beta=0.05)
+            mu=2, beta=0.05, temperature=1.0)  # the cases' own settings, not the product's defaults
 CASES = {
     "token_mean": (dict(loss_aggregation="token_mean"), ()),
     "seq_mean_token_mean": (dict(loss_aggregation="seq_mean_token_mean"), ()),

@@ -41,7 +41,9 @@ def make_batch(seed=0, truncated=None, sampler_shift=None):
 
 
 def hyper(**kw):
-    base = dict(autocast="float32", learning_rate=1e-3, max_grad_norm=1e9, micro_batch_size=8)
+    # temperature 1: the references below use the plain softmax (not the product's default)
+    base = dict(autocast="float32", learning_rate=1e-3, max_grad_norm=1e9, micro_batch_size=8,
+                temperature=1.0)
     base.update(kw)
     return UpdateHyper(**base)
 
