@@ -15,6 +15,7 @@ import importlib
 import logging
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 from grpo_core.config import DEFAULT_PARAMS, Config, dump_yaml, load_config
@@ -37,7 +38,7 @@ class Command:
     help: str
     target: str  # "module:function", called as function(cfg, args) -> exit status or None
     args: tuple[Arg, ...] = ()
-    flow: bool = False  # runs a Prefect flow: gets a temporary server tied to this process
+    flow: bool = False  # runs a Prefect flow (and says which config it read)
 
 
 def show_config(cfg: Config, args: argparse.Namespace) -> int:
@@ -134,17 +135,12 @@ class _NoUserErrorTraceback(logging.Filter):
         return True
 
 
-def _server_for(command: Command):
-    """A flow command's temporary Prefect server (flows.prefect_server); torchrun's ranks
-    other than 0 run no flow and start none."""
-    import contextlib
-    import os
-
-    if not command.flow or os.environ.get("RANK", "0") != "0":
-        return contextlib.nullcontext()
-    from flows.prefect_server import temporary_server
-
-    return temporary_server()
+def _config_source(params: str, overrides: list[str]) -> str:
+    """Which file the config came from: without params.yaml in this directory (a run started
+    from a subdirectory, say) the built-in defaults apply, which is worth saying."""
+    source = (str(params) if Path(params).is_file() else
+              f"the built-in defaults (no {params} in {Path.cwd()})")
+    return source + (f" with {len(overrides)} --set" if overrides else "")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -158,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(args.params, args.overrides)
         command = COMMANDS[args.command]
-        with _server_for(command):
-            status = _resolve(command.target)(cfg, args)
+        if command.flow:  # a run says what it was configured by
+            print(f"config: {_config_source(args.params, args.overrides)}", file=sys.stderr)
+        status = _resolve(command.target)(cfg, args)
         return int(status or 0)
     except UserError as exc:
         if args.debug:

@@ -139,6 +139,7 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo evaluate [--checkpoint DIR] [--baseline DIR]`: evaluate a saved model (and
     compare it with a baseline model), print a table, write JSON."""
     from flows.comparison import from_results, table
+    from flows.prefect_server import temporary_server
     from flows.run.inputs import check_processed
 
     # before the flow starts Prefect's server: a wrong path is a one-line error at once
@@ -146,8 +147,9 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     for flag, where in (("--checkpoint", args.checkpoint), ("--baseline", args.baseline)):
         if where is not None:
             check_model_dir(Path(where), f"{flag} {where}")
-    results = evaluate_flow(args.params, args.overrides, checkpoint=args.checkpoint,
-                            baseline=args.baseline)
+    with temporary_server():
+        results = evaluate_flow(args.params, args.overrides, checkpoint=args.checkpoint,
+                                baseline=args.baseline)
     print(format_table(results))
     if args.baseline is not None:
         print(f"\n{args.checkpoint} against {args.baseline}:\n{table(from_results(results))}")

@@ -63,9 +63,10 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo pipeline`: run everything, print the results and where to look at them."""
     from flows.evaluate import by_dataset, format_table
     from flows.tracking import tracking_uri
-    from flows.train import print_comparison
+    from flows.train import print_comparison, run_context
 
-    results = pipeline_flow(args.params, args.overrides)
+    with run_context(cfg):
+        results = pipeline_flow(args.params, args.overrides)
     print(format_table(by_dataset(results)))
     print_comparison(results)
     print(f"\nevaluation: {cfg.evaluate.output}   final model: {cfg.train.output_dir}/final")

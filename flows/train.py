@@ -18,7 +18,9 @@ Prefect UI shows one flow run per job.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shlex
 import sys
 import time
 
@@ -228,14 +230,29 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)
     entry = train_flow if distributed.is_main() else train_flow.fn  # one Prefect flow run
     try:
-        results = entry(args.params, args.overrides, resume=args.resume,
-                        evaluate_at_end=not args.no_eval, allow_changes=args.allow_change)
+        with run_context(cfg):
+            results = entry(args.params, args.overrides, resume=args.resume,
+                            evaluate_at_end=not args.no_eval, allow_changes=args.allow_change)
     finally:
         distributed.shutdown()
     if results:
         print(json.dumps(headline(results), indent=2))
         print_comparison(results)
     return 0
+
+
+@contextlib.contextmanager
+def run_context(cfg: Config):
+    """What a training job holds while it runs, on rank 0: the lock on train.output_dir (taken
+    first, so a second run stops before anything starts) and the temporary Prefect server."""
+    if not distributed.is_main():
+        yield
+        return
+    from flows.prefect_server import temporary_server
+    from flows.run.lock import run_lock
+
+    with run_lock(cfg.train.output_dir, shlex.join(["grpo", *sys.argv[1:]])), temporary_server():
+        yield
 
 
 def print_comparison(flat: dict[str, float]) -> None:

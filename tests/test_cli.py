@@ -55,3 +55,18 @@ def test_help_lists_commands_and_unknown_command_fails():
     assert out.returncode == 0 and "config" in out.stdout
     out = grpo("no-such-stage")
     assert out.returncode == 2 and "invalid choice" in out.stderr
+
+
+def test_a_run_says_which_config_it_read_and_checks_its_inputs_before_starting(tmp_path):
+    """From a directory without params.yaml (a subdirectory, say) a run says it is on the
+    built-in defaults, and stops at once (no Prefect server started) on missing data."""
+    out = grpo("train", "--set", "train.iterations=2", cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.splitlines() == [
+        f"config: the built-in defaults (no params.yaml in {tmp_path}) with 1 --set",
+        "grpo: error: processed dataset not found: data/processed/arithmetic_train.parquet "
+        "(run `grpo prepare`)"]
+    (tmp_path / "params.yaml").write_text("train:\n  iterations: 2\n")
+    out = grpo("evaluate", cwd=tmp_path)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[0] == "config: params.yaml"

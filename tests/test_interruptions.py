@@ -190,3 +190,24 @@ def test_sigkill_leaves_no_prefect_server_behind(project):
     while _own_servers(project) and time.time() < deadline:
         time.sleep(0.2)
     assert _own_servers(project) == [], "the server outlived the process that started it"
+
+
+def test_a_second_run_in_the_same_project_stops_at_once_and_a_dead_runs_lock_is_taken(project):
+    shutil.rmtree(project / "rollouts", ignore_errors=True)
+    first = subprocess.Popen([str(BIN / "grpo"), "train", "--no-eval"], cwd=project,
+                             env=grpo_env(project), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_file(project / "rollouts" / "iter_00001.parquet", first)
+        start = time.time()
+        second = run_grpo(project, "train", "--no-eval")
+        assert time.time() - start < 30, "the second run waited before it refused"
+        _one_line_error(second, f"{Path('models/grpo')} is in use by another run (pid "
+                                f"{first.pid}, since ")
+        assert "grpo train --no-eval); wait for it to end, or give this run another " \
+               "train.output_dir" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the holder dies without releasing anything
+        first.wait(timeout=60)
+    out = run_grpo(project, "train", "--set", "rollout.max_prompt_tokens=8")
+    _one_line_error(out, "rollout.max_prompt_tokens=8: no training prompt fits")  # got the lock
