@@ -26,15 +26,6 @@ def check_cron(expression: str) -> str:
     return expression
 
 
-def one_at_a_time():
-    """A scheduled run that comes due while the last one still trains waits for it (Prefect's
-    deployment concurrency, ENQUEUE): two runs never write the same folders at once (a run
-    started by hand meanwhile meets the output folder's lock, flows.run.lock)."""
-    from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
-
-    return ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
-
-
 def cli(cfg: Config, args: argparse.Namespace) -> int:
     from flows.pipeline import pipeline_flow
 
@@ -44,6 +35,6 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
                         "127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     params = str(Path(args.params).resolve()) if Path(args.params).exists() else args.params
     print(f"serving deployment grpo-pipeline/{args.name} on cron {cron!r}; Ctrl-C stops")
-    pipeline_flow.serve(name=args.name, cron=cron, concurrency_limit=one_at_a_time(),
+    pipeline_flow.serve(name=args.name, cron=cron,
                         parameters={"params": params, "overrides": list(args.overrides)})
     return 0

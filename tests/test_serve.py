@@ -28,9 +28,6 @@ def test_cron_deployment_on_a_real_server(tmp_path: Path, prefect_server: str):
         crons = [s["schedule"].get("cron") for s in dep["schedules"]]
         assert crons == ["0 3 * * *"]
         assert dep["parameters"]["overrides"] == []
-        # one run at a time; a run that comes due meanwhile waits for it
-        assert dep["global_concurrency_limit"]["limit"] == 1
-        assert dep["concurrency_options"]["collision_strategy"] == "ENQUEUE"
         assert serve.poll() is None, "serve keeps running to execute the scheduled runs"
     finally:
         stop(serve)
