@@ -111,8 +111,8 @@ def check_processed(cfg: Config, *, evaluate_only: bool = False) -> None:
     """The processed files a run reads exist: checked before its flow starts Prefect's
     server (which takes a while), so a missing `grpo prepare` is one line at once."""
     from flows.prepare import eval_splits, processed_paths, train_splits
+    from grpo_core.data.sources import require_processed
 
     splits = eval_splits(cfg) if evaluate_only else train_splits(cfg) + eval_splits(cfg)
     for path in processed_paths(cfg, splits).values():
-        if not Path(path).is_file():
-            raise UserError(f"processed dataset not found: {path} (run `grpo prepare`)")
+        require_processed(path)

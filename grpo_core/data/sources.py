@@ -266,11 +266,17 @@ def prepare(data_dir: Optional[str | Path], out_dir: str | Path,
     return paths, metrics
 
 
-def load_processed(path: str | Path) -> pd.DataFrame:
-    """A processed parquet file, checked to have every SCHEMA column."""
+def require_processed(path: str | Path) -> Path:
+    """The path of a processed file that exists, else the one-line error saying what to run."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"processed dataset not found: {path} (run `grpo prepare`)")
+    return path
+
+
+def load_processed(path: str | Path) -> pd.DataFrame:
+    """A processed parquet file, checked to have every SCHEMA column."""
+    path = require_processed(path)
     frame = _parquet_frame(path)
     missing = [c for c in SCHEMA if c not in frame.columns]
     if missing:
