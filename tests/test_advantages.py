@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 import typing
 
 import pytest
@@ -40,6 +41,52 @@ def test_batch_std_hand_computed():
     torch.testing.assert_close(adv, torch.tensor([[s, -s, -s, s], [0.0] * 4]))
 
 
+def test_median_hand_computed_odd_and_even_groups():
+    # odd G = 3: sorted [0, 1, 5] -> median 1 (the 5 does not move it, the mean 2 would)
+    adv = group_advantages(torch.tensor([[5.0, 0.0, 1.0]]), "median")
+    torch.testing.assert_close(adv, torch.tensor([[4.0, -1.0, 0.0]]))
+    # even G = 4: sorted [0, 1, 3, 10] -> (1 + 3) / 2 = 2, not torch.median's lower value 1
+    adv = group_advantages(torch.tensor([[10.0, 1.0, 0.0, 3.0]]), "median")
+    torch.testing.assert_close(adv, torch.tensor([[8.0, -1.0, -2.0, 1.0]]))
+    # G = 2: the midpoint, so the pair gets +-half the gap (as with the mean)
+    adv = group_advantages(torch.tensor([[0.0, 1.0]]), "median")
+    torch.testing.assert_close(adv, torch.tensor([[-0.5, 0.5]]))
+
+
+def test_median_ties_and_binary_rewards():
+    # ties at the middle: sorted [0, 1, 1, 1, 2] -> 1, every tied completion exactly 0
+    adv = group_advantages(torch.tensor([[1.0, 2.0, 1.0, 0.0, 1.0]]), "median")
+    assert adv.tolist() == [[0.0, 1.0, 0.0, -1.0, 0.0]]
+    # 0/1 rewards: the majority reward is the median; an even split gives the midpoint
+    adv = group_advantages(REWARDS, "median")
+    torch.testing.assert_close(adv, torch.tensor([[0.5, -0.5, -0.5, 0.5], [0.0] * 4]))
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), "median")
+    assert adv.tolist() == [[1.0, 0.0, 0.0, 0.0]]
+
+
+def test_median_std_hand_computed():
+    # sorted [0, 1, 5]: median 1; sample std of {5, 0, 1}: mean 2, (9 + 4 + 1) / 2 = 7
+    adv = group_advantages(torch.tensor([[5.0, 0.0, 1.0]]), "median_std", eps=0.0)
+    s = math.sqrt(7.0)
+    torch.testing.assert_close(adv, torch.tensor([[4 / s, -1 / s, 0.0]]))
+    # [1, 0, 0, 0]: median 0 and MAD 0, but the std is sqrt(0.25) = 0.5: a finite advantage
+    adv = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 0.0], [3.0, 3.0, 3.0, 3.0]]),
+                           "median_std", eps=0.0)
+    assert adv.tolist() == [[2.0, 0.0, 0.0, 0.0], [0.0] * 4]
+
+
+@pytest.mark.parametrize("mode", ["median", "median_std"])
+@pytest.mark.parametrize("g", [2, 3, 4, 7, 8, 64, 257])
+def test_median_modes_equal_statistics_median_per_group(mode, g):
+    gen = torch.Generator().manual_seed(g)
+    continuous = torch.randn(5, g, generator=gen, dtype=torch.float64)
+    tied = torch.randint(0, 3, (5, g), generator=gen).double() * 0.5  # many ties
+    for rewards in (continuous, tied):
+        got = group_advantages(rewards, mode, eps=1e-6)
+        torch.testing.assert_close(got, _loop_reference(rewards.tolist(), mode, 1e-6).double(),
+                                   rtol=0, atol=1e-12)
+
+
 @pytest.mark.parametrize("mode", sorted(ADVANTAGES))
 def test_all_equal_groups_are_exactly_zero(mode):
     # 0.1 * 3 / 3 != 0.1 in floating point: the naive formula would leave ~1e-9 / eps noise
@@ -74,9 +121,15 @@ def _loop_reference(rows, mode, eps):
             out.append([r - mean for r in row])
         elif mode == "rloo":
             out.append([r - (sum(row) - r) / (g - 1) for r in row])
-        else:
+        elif mode == "median":
+            out.append([r - statistics.median(row) for r in row])
+        elif mode == "median_std":
+            out.append([(r - statistics.median(row)) / (std + eps) for r in row])
+        elif mode == "batch_std":
             out.append([(r - mean) / (batch_std + eps) for r in row])
-    return torch.tensor(out)
+        else:
+            raise AssertionError(f"no loop reference for advantage mode {mode!r}")
+    return torch.tensor(out, dtype=torch.float64)
 
 
 def test_nan_rewards_rejected_with_location():

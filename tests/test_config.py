@@ -78,7 +78,8 @@ RULES = [
     ("reward.answer_format=xml", "reward.answer_format must be one of 'hashes' or 'boxed', got 'xml'"),
     ("reward.reward_model_batch_size=0", "reward.reward_model_batch_size must be >= 1, got 0"),
     ("algorithm.advantage=ppo",
-     "algorithm.advantage must be one of 'grpo', 'dr_grpo', 'rloo' or 'batch_std', got 'ppo'"),
+     "algorithm.advantage must be one of 'grpo', 'dr_grpo', 'rloo', 'batch_std', 'median' or "
+     "'median_std', got 'ppo'"),
     ("algorithm.eps=0", "algorithm.eps must be > 0.0, got 0"),
     ("algorithm.loss_aggregation=sum",
      "algorithm.loss_aggregation must be one of 'seq_mean_token_mean', 'token_mean' or "
@@ -228,6 +229,14 @@ def _constrained_fields(model: type[BaseModel] = Config, prefix: str = "", seen=
         for arg in (field.annotation, *typing.get_args(field.annotation)):
             if isinstance(arg, type) and issubclass(arg, BaseModel) and arg not in seen:
                 yield from _constrained_fields(arg, key + (".*." if mapping else "."), seen)
+
+
+@pytest.mark.parametrize("mode", ["median", "median_std"])
+def test_median_advantage_modes_are_accepted(mode, tmp_path):
+    assert load_config(None, [f"algorithm.advantage={mode}"]).algorithm.advantage == mode
+    path = tmp_path / "params.yaml"
+    path.write_text(f"algorithm:\n  advantage: {mode}\n")
+    assert load_config(path).algorithm.advantage == mode
 
 
 def test_every_rule_has_a_case():

@@ -23,6 +23,7 @@ from grpo_core.errors import UserError
 from grpo_core.algorithm.experience import advantages_for
 from grpo_core.algorithm.optim import UpdateHyper
 from grpo_core.algorithm.learner import Learner
+from grpo_core.algorithm.losses import AGGREGATIONS, token_weights
 from tests.conftest import tiny_llama_config
 
 P, G, WORLD = 4, 3, 2
@@ -37,6 +38,9 @@ CASES = {
     "dr_grpo_width": (dict(loss_aggregation="seq_mean_token_sum_norm"), ()),  # global T
     "dr_grpo_max_len": (dict(loss_aggregation="seq_mean_token_sum_norm",
                              max_completion_len=12), ()),
+    # truncated rows masked: Dr. GRPO still counts them, every rank's rows in the global B
+    "dr_grpo_truncated": (dict(loss_aggregation="seq_mean_token_sum_norm", mask_truncated=True,
+                               max_completion_len=12), ()),
     "clipped_truncated_gspo": (dict(loss_aggregation="token_mean", max_grad_norm=1e-2,
                                     mask_truncated=True, ratio_level="sequence",
                                     micro_batch_size=3, learning_rate=3e-2, mu=3), ()),
@@ -219,6 +223,33 @@ def test_fsdp2_shards_saves_and_resumes_exactly(two_ranks):
     total = sum(v.numel() for v in res[0]["saved"].values())
     for r in range(WORLD):  # sharded: each rank holds about half (dim 0 rounds up)
         assert res[r]["local_numel"] <= 0.55 * total, (r, res[r]["local_numel"], total)
+
+
+def _shard_mask(lengths, truncated):
+    """A shard's `(B_r, T_r)` loss mask as the Learner builds it under mask_truncated: padded
+    to the shard's own longest completion, truncated rows zeroed; no rows: `(0, 1)`."""
+    if not lengths:
+        return torch.zeros((0, 1))
+    width = max(lengths)
+    return torch.tensor([[0.0 if cut else float(t < n) for t in range(width)]
+                         for n, cut in zip(lengths, truncated)])
+
+
+@pytest.mark.parametrize("max_len", [None, 12])
+@pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
+def test_rank_weights_are_slices_of_the_whole_batch_weights(mode, max_len):
+    # uneven shards of different widths, fully masked rows on some ranks, a rank with no rows
+    lengths = [3, 7, 1, 5, 2, 9, 4, 6]
+    truncated = [False, True, False, False, True, True, False, False]
+    shards = [slice(0, 3), slice(3, 3), slice(3, 4), slice(4, 8)]
+    whole = token_weights(_shard_mask(lengths, truncated), mode, max_len)  # one process
+    masks = [_shard_mask(lengths[s], truncated[s]) for s in shards]
+    parts = torch.stack([distributed._counts(m) for m in masks])  # what the all-gather returns
+    for s, mask in zip(shards, masks):
+        got = distributed.rescale_to_global(token_weights(mask, mode, max_len), mask, parts,
+                                            mode, max_len)
+        torch.testing.assert_close(got, whole[s, :mask.shape[1]], rtol=1e-6, atol=0)
+    assert set(distributed._RESCALE) == set(AGGREGATIONS)
 
 
 def test_single_process_helpers_are_identities():

@@ -48,6 +48,15 @@ def test_scores_are_grouped_and_advantages_follow():
     assert adv[0, 0] > 0 > adv[0, 1]
 
 
+@pytest.mark.parametrize("mode", ["median", "median_std"])
+def test_median_advantages_follow_the_scores(mode):
+    rewards, _, _ = score_groups(_result(), ROWS, weights={"gsm8k_accuracy": 1.0},
+                                 time_limit_s=5.0, max_new_tokens=3)
+    adv, m = advantages_for(rewards, mode, 1e-6)  # group 0: [1, 0, 1], median 1
+    assert adv[0, 0] == adv[0, 2] == 0.0 and adv[0, 1] < 0  # the majority reward is the baseline
+    assert adv[1].tolist() == [0.0, 0.0, 0.0] and m["advantage/zero_groups_frac"] == 0.5
+
+
 def prompt_lengths(completions, *, prompts, **_):
     """A batch reward function (like reward_model) that reads the prompt of every completion."""
     return [float(len(p)) for p in prompts]

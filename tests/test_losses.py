@@ -67,8 +67,10 @@ def test_aggregations_hand_computed():
     loss = loss * mask
     assert aggregate(loss, mask, "seq_mean_token_mean").item() == pytest.approx((2 + 4) / 2)
     assert aggregate(loss, mask, "token_mean").item() == pytest.approx(10 / 4)
-    assert aggregate(loss, mask, "seq_mean_token_sum_norm").item() == pytest.approx(10 / (2 * 3))
-    assert aggregate(loss, mask, "seq_mean_token_sum_norm", max_len=5).item() == pytest.approx(1.0)
+    # Dr. GRPO counts all 3 rows, the empty one too: 10 / (B * T) and 10 / (B * max_len)
+    assert aggregate(loss, mask, "seq_mean_token_sum_norm").item() == pytest.approx(10 / (3 * 3))
+    assert aggregate(loss, mask, "seq_mean_token_sum_norm", max_len=5).item() == pytest.approx(
+        10 / (3 * 5))
     with pytest.raises(ValueError, match="unknown loss aggregation 'sum'"):
         aggregate(loss, mask, "sum")
 
@@ -99,7 +101,7 @@ def _paper_objective(logp, old, ref, adv, mask, mode, level, beta, cl, ch, max_l
             d = ref[i][t] - logp[i][t]
             term = -surrogate + beta * (torch.exp(d) - d - 1)
             norm = {"seq_mean_token_mean": len(rows) * len(toks), "token_mean": total_tokens,
-                    "seq_mean_token_sum_norm": len(rows) * t_width}[mode]
+                    "seq_mean_token_sum_norm": len(mask) * t_width}[mode]  # every row
             out = out + term / norm
     return out
 
@@ -130,10 +132,83 @@ def test_vectorised_equals_loop_reference(mode, level, beta):
     assert logp.grad[3].abs().sum() == 0  # the fully masked row gets no gradient
 
 
-def test_token_weights_sum_over_microbatches_equals_whole():
-    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])
-    loss = torch.arange(12.0).reshape(4, 3) * mask
-    for mode in AGGREGATIONS:
-        w = token_weights(mask, mode)
-        parts = (loss[:2] * w[:2]).sum() + (loss[2:] * w[2:]).sum()
-        torch.testing.assert_close(parts, aggregate(loss, mask, mode))
+def _loop_aggregate(loss, mask, mode, max_len):
+    """Each reduction written out over rows and tokens, from its definition (not from the
+    weights): token_mean = sum / all unmasked tokens; seq_mean_token_mean = mean over the
+    rows that have a token of each row's token mean; seq_mean_token_sum_norm = sum / (every
+    row, empty ones included, times the budget)."""
+    rows, width = len(mask), len(mask[0])
+    budget = width if max_len is None else max_len
+    kept = [[t for t in range(width) if float(mask[i][t]) > 0] for i in range(rows)]
+    nonempty = [i for i in range(rows) if kept[i]]
+    total_tokens = sum(len(k) for k in kept)
+    if mode == "token_mean":
+        terms = [loss[i][t] / total_tokens for i in range(rows) for t in kept[i]]
+    elif mode == "seq_mean_token_mean":
+        terms = [sum(loss[i][t] for t in kept[i]) / len(kept[i]) / len(nonempty) for i in nonempty]
+    elif mode == "seq_mean_token_sum_norm":
+        terms = [loss[i][t] / (rows * budget) for i in range(rows) for t in kept[i]]
+    else:
+        raise AssertionError(f"no loop reference for aggregation {mode!r}")
+    return sum(terms, torch.zeros((), dtype=loss.dtype))
+
+
+@pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
+@pytest.mark.parametrize("max_len", [None, 9])
+def test_aggregate_equals_loop_reference_values_and_gradients(mode, max_len):
+    g = torch.Generator().manual_seed(3)
+    lengths = [0, 5, 1, 0, 7, 3, 0]  # fully masked rows first, in the middle and last
+    mask = torch.tensor([[1.0] * n + [0.0] * (7 - n) for n in lengths], dtype=torch.float64)
+    # masked positions hold loss too: they must get neither weight nor gradient
+    loss0 = torch.randn(len(lengths), 7, generator=g, dtype=torch.float64)
+    loss = loss0.clone().requires_grad_(True)
+    value = aggregate(loss, mask, mode, max_len=max_len)
+    value.backward()
+    ref_loss = loss0.clone().requires_grad_(True)
+    expected = _loop_aggregate(ref_loss, mask, mode, max_len)
+    expected.backward()
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(loss.grad, ref_loss.grad, rtol=1e-12, atol=1e-14)
+    assert (loss.grad[mask == 0] == 0).all()
+
+
+def test_dr_grpo_weight_does_not_depend_on_which_rows_are_masked():
+    # mask_truncated zeroes a truncated row's mask: the other rows' weights must not change
+    # (Dr. GRPO's constant is B * max_len, B every sampled completion: TRL's size(0) * L)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    truncated = torch.tensor([True, False, False, True])
+    masked = mask * (~truncated).unsqueeze(1)
+    before = token_weights(mask, "seq_mean_token_sum_norm", max_len=3)
+    after = token_weights(masked, "seq_mean_token_sum_norm", max_len=3)
+    keep = ~truncated
+    torch.testing.assert_close(after[keep], before[keep], rtol=0, atol=0)
+    assert (after[truncated] == 0).all()
+    assert after[masked > 0].unique().tolist() == [pytest.approx(1 / (4 * 3))]
+    # every row masked: the weights are all zero, not NaN
+    assert torch.equal(token_weights(torch.zeros(3, 2), "seq_mean_token_sum_norm", max_len=4),
+                       torch.zeros(3, 2))
+
+
+def test_seq_mean_token_mean_skips_empty_rows():
+    # an empty row has no 1/|o_i|: it is not one of the sequences the mean runs over
+    mask = torch.tensor([[1.0, 1.0], [0.0, 0.0], [1.0, 0.0]])
+    w = token_weights(mask, "seq_mean_token_mean")
+    torch.testing.assert_close(w, torch.tensor([[0.25, 0.25], [0.0, 0.0], [0.5, 0.0]]))
+
+
+@pytest.mark.parametrize("mode", sorted(AGGREGATIONS))
+def test_token_weights_sum_over_microbatches_equals_whole(mode):
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [1.0, 1.0, 1.0],
+                         [0.0, 0.0, 0.0]])  # empty rows inside a micro-batch and alone in one
+    loss0 = torch.arange(15.0, dtype=torch.float64).reshape(5, 3)
+    full = loss0.clone().requires_grad_(True)
+    aggregate(full, mask, mode, max_len=4).backward()
+    micro = loss0.clone().requires_grad_(True)
+    w = token_weights(mask, mode, max_len=4).double()  # once over the whole batch
+    total = torch.zeros((), dtype=torch.float64)
+    for idx in (slice(0, 2), slice(2, 4), slice(4, 5)):
+        part = (micro[idx] * w[idx]).sum()
+        part.backward()
+        total = total + part.detach()
+    torch.testing.assert_close(total, aggregate(loss0, mask, mode, max_len=4))
+    torch.testing.assert_close(micro.grad, full.grad)

@@ -12,6 +12,19 @@ plus an implicit view). Modes, registered by name in `ADVANTAGES`:
   arXiv 2402.14740). Equals G/(G-1) * (r - group mean).
 - `batch_std`: (r - group mean) / (std over the whole batch + eps): group baseline, batch
   scale (the "batch" normalisation of arXiv 2508.08221).
+- `median`: r - group median, and `median_std`: (r - group median) / (group std + eps):
+  `dr_grpo` and `grpo` with the group median as baseline, which one outlying reward (a
+  reward model's spike, a partial credit far from the rest) cannot drag. The median is the
+  statistical one: for even G the mean of the two middle values (`torch.median` returns the
+  lower one, which biases the baseline down and, for G = 2, gives the worse completion
+  exactly 0). Ties need no rule: the median is a value, whichever tied completion sorts
+  first, and every completion whose reward equals it gets exactly 0. With 0/1 rewards the
+  median is the majority reward: the majority gets exactly 0 and only the minority a
+  signal (an even split gives +-0.5, as the mean does). `median_std` divides by the same
+  Bessel-corrected group std as `grpo`, not by a robust scale such as the MAD: the MAD is 0
+  whenever more than half the group shares one reward (the common case for verifier
+  rewards), which would make the advantage (r - median) / eps; the std is 0 only in
+  all-equal groups, which get 0 anyway (below).
 
 Departure from the paper: a group whose rewards are all equal gets exactly 0 advantage
 (the formula gives 0/eps, which is 0 only up to rounding of the mean); such groups carry no
@@ -53,11 +66,30 @@ def _batch_std(rewards: Tensor, eps: float) -> Tensor:
     return centred / (rewards.std() + eps)
 
 
+def _group_median(rewards: Tensor) -> Tensor:
+    """`(P, G)` -> `(P, 1)`: the mean of the two middle sorted values (the same value twice
+    for odd G), as `statistics.median`; ties and their order do not matter."""
+    g = rewards.shape[1]
+    ordered = rewards.sort(dim=1).values  # (P, G)
+    return (ordered[:, (g - 1) // 2] + ordered[:, g // 2]).unsqueeze(1) / 2  # (P, 1)
+
+
+def _median(rewards: Tensor, eps: float) -> Tensor:
+    return rewards - _group_median(rewards)
+
+
+def _median_std(rewards: Tensor, eps: float) -> Tensor:
+    std = rewards.std(dim=1, keepdim=True)  # (P, 1), Bessel-corrected, as in `_grpo`
+    return (rewards - _group_median(rewards)) / (std + eps)
+
+
 ADVANTAGES: dict[str, AdvantageFn] = {
     "grpo": _grpo,
     "dr_grpo": _dr_grpo,
     "rloo": _rloo,
     "batch_std": _batch_std,
+    "median": _median,
+    "median_std": _median_std,
 }
 
 

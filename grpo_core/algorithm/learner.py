@@ -18,7 +18,9 @@ Choices that depart from or refine the paper:
 - TIS (`tis_cap`): each token's policy-gradient term is weighted by
   min(exp(old_logp_trainer - logp_sampler), cap) when the batch carries sampler log-probs.
 - `mask_truncated` drops completions that hit the token budget (DAPO's overlong filtering,
-  arXiv 2503.14476) from the loss and from every normaliser.
+  arXiv 2503.14476) from the loss and from the token and sequence counts of the normalisers;
+  Dr. GRPO's constant B * max_len still counts them as rows, so masking a row leaves the
+  other rows' weights as they were (`grpo_core.algorithm.losses`).
 - A non-finite loss or gradient norm skips the optimizer step (counted in `skipped`).
 - Under `torchrun` (world size > 1) each rank updates on its shard of whole groups: the
   normalisers are global, gradients are summed over ranks before clipping, and metrics are

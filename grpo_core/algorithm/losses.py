@@ -17,11 +17,16 @@ Departures and additions, each from a later paper:
   2025, "Your efficient RL framework secretly brings you off-policy RL training").
 - Reductions (`AGGREGATIONS`): the paper's `seq_mean_token_mean` (1/G sum_i 1/|o_i| sum_t)
   biases toward short correct and long wrong answers; `token_mean` (DAPO) and
-  `seq_mean_token_sum_norm` (Dr. GRPO, arXiv 2503.20783: a constant B * max_len normaliser)
-  remove that length bias. Each reduction is a set of per-token weights computed over the
-  whole batch (`token_weights`), so micro-batches that sum `loss * weights` reproduce the
-  full-batch loss and gradient exactly. Rows with no unmasked token are not counted as
-  sequences (their loss is zero, and counting them would just shrink the step).
+  `seq_mean_token_sum_norm` (Dr. GRPO, arXiv 2503.20783) remove that length bias. Each
+  reduction is a set of per-token weights computed over the whole batch (`token_weights`),
+  so micro-batches that sum `loss * weights` reproduce the full-batch loss and gradient
+  exactly. A row with no unmasked token (a completion dropped by `mask_truncated`) adds zero
+  loss in every mode; whether it still counts in the normaliser depends on the mode:
+  `token_mean` counts tokens, so it adds nothing; `seq_mean_token_mean` skips it (its
+  1/|o_i| is undefined); `seq_mean_token_sum_norm` counts it, because Dr. GRPO's normaliser
+  is a constant, every completion of the batch times the generation budget, B * max_len (as
+  in TRL, `size(0) * max_completion_length`, and verl), so that a token's weight does not
+  depend on what else the batch holds.
 """
 
 from __future__ import annotations
@@ -104,14 +109,16 @@ def _metrics(ratio: Tensor, adv: Tensor, kl: Tensor, mask: Tensor, clip_low: flo
 
 
 # ----------------------------------------------------------------------------- reductions
-def _rows(mask: Tensor) -> Tensor:
+def _nonempty_rows(mask: Tensor) -> Tensor:
     """Number of sequences with at least one unmasked token (>= 1)."""
     return (mask.sum(dim=1) > 0).sum().clamp(min=1).to(mask.dtype)
 
 
 def _seq_mean_token_mean(mask: Tensor, max_len: Optional[int]) -> Tensor:
+    """1 / (S * |o_i|) per token, S = rows with >= 1 unmasked token: an empty row has no
+    1/|o_i| to average, so it is not one of the sequences averaged over."""
     lengths = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
-    return mask / lengths / _rows(mask)
+    return mask / lengths / _nonempty_rows(mask)
 
 
 def _token_mean(mask: Tensor, max_len: Optional[int]) -> Tensor:
@@ -119,8 +126,11 @@ def _token_mean(mask: Tensor, max_len: Optional[int]) -> Tensor:
 
 
 def _seq_mean_token_sum_norm(mask: Tensor, max_len: Optional[int]) -> Tensor:
+    """1 / (B * max_len) per unmasked token, B = EVERY row of the batch: a fully masked row
+    adds zero loss but counts in B, so masking a row (mask_truncated) leaves the weights of
+    the others unchanged; dividing by the rows left would enlarge their step instead."""
     length = mask.shape[1] if max_len is None else max_len
-    return mask / (_rows(mask) * length)
+    return mask / (max(mask.shape[0], 1) * length)
 
 
 AGGREGATIONS: dict[str, WeightFn] = {
@@ -134,7 +144,8 @@ def token_weights(mask: Tensor, mode: str, max_len: Optional[int] = None) -> Ten
     """`(B, T)` mask -> `(B, T)` weights with `aggregate(loss) == (loss * weights).sum()`.
 
     Computed once over the whole batch, then sliced per micro-batch: that is what makes
-    gradient accumulation equal the full-batch gradient for every mode. `max_len` is Dr.
+    gradient accumulation equal the full-batch gradient for every mode (and, with the
+    counts all-reduced, the sharded one: `grpo_core.parallel.distributed`). `max_len` is Dr.
     GRPO's constant (the generation budget); None uses the mask's width T.
     """
     fn = AGGREGATIONS.get(mode)

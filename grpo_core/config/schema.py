@@ -144,7 +144,7 @@ class RewardConfig(Section):
 
 # ------------------------------------------------------------------------ algorithm
 class AlgorithmConfig(Section):
-    advantage: Literal["grpo", "dr_grpo", "rloo", "batch_std"] = "grpo"
+    advantage: Literal["grpo", "dr_grpo", "rloo", "batch_std", "median", "median_std"] = "grpo"
     eps: float = Field(default=1e-6, gt=0.0)
     loss_aggregation: Literal["seq_mean_token_mean", "token_mean", "seq_mean_token_sum_norm"] = (
         "token_mean"

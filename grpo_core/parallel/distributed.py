@@ -6,8 +6,9 @@ advantages need no communication), and the update is the single-process update o
 of the shards:
 
 - every loss normaliser is global (`global_token_weights`): token counts and sequence counts
-  are all-reduced, and Dr. GRPO's B * max_len uses the global B (and the global width when no
-  max_len is given), so each rank's `(loss * weights).sum()` is its share of ONE global loss;
+  are all-reduced, and Dr. GRPO's B * max_len uses the global B, every rank's rows including
+  fully masked ones (and the global width when no max_len is given), so each rank's
+  `(loss * weights).sum()` is its share of ONE global loss;
 - gradients are SUMMED over ranks after the local micro-batch accumulation
   (`all_reduce_grads`), which makes them equal to the full-batch gradient. DDP would average
   (divide by world size) and needs every rank to run the same number of backward passes; a
@@ -199,19 +200,31 @@ def _reduce_bucket(grads: list[Tensor]) -> None:
 
 # ----------------------------------------------------------------------------- global loss
 def _counts(mask: Tensor) -> Tensor:
-    """[tokens, sequences with >= 1 token, width] of a `(B, T)` mask."""
+    """[tokens, sequences with >= 1 token, rows, width] of a `(B, T)` mask."""
     return torch.tensor([float(mask.sum()), float((mask.sum(dim=1) > 0).sum()),
-                         float(mask.shape[1])], dtype=torch.float64)
+                         float(mask.shape[0]), float(mask.shape[1])], dtype=torch.float64)
 
 
 # local weights * scale(local counts, global counts, max_len) = global weights; each entry
-# undoes the local normaliser of `grpo_core.algorithm.losses.AGGREGATIONS[mode]` and applies the global one
-_RESCALE: dict[str, Callable[[Tensor, Tensor, Optional[int]], float]] = {
+# undoes the local normaliser of `grpo_core.algorithm.losses.AGGREGATIONS[mode]` and applies
+# the global one (counts as in `_counts`; each max(., 1) mirrors a clamp in losses.py)
+_RESCALE: dict[str, Callable[[Sequence[float], Sequence[float], Optional[int]], float]] = {
     "token_mean": lambda loc, glob, L: max(loc[0], 1) / max(glob[0], 1),
     "seq_mean_token_mean": lambda loc, glob, L: max(loc[1], 1) / max(glob[1], 1),
+    # every row of every rank, fully masked ones included (Dr. GRPO's constant B * max_len)
     "seq_mean_token_sum_norm": lambda loc, glob, L: (
-        max(loc[1], 1) * (L or loc[2])) / (max(glob[1], 1) * (L or glob[2])),
+        max(loc[2], 1) * (L or loc[3])) / (max(glob[2], 1) * (L or glob[3])),
 }
+
+
+def rescale_to_global(local: Tensor, mask: Tensor, parts: Tensor, mode: str,
+                      max_len: Optional[int] = None) -> Tensor:
+    """This rank's `(B_r, T_r)` `token_weights` of `mask` -> its share of the global weights,
+    given `parts`, the `(world, 4)` `_counts` of every rank's mask (this rank's included).
+    Pure: `global_token_weights` is this after one all-gather."""
+    glob = [float(parts[:, 0].sum()), float(parts[:, 1].sum()), float(parts[:, 2].sum()),
+            float(parts[:, 3].max())]  # the widest shard is the single-process width
+    return local * _RESCALE[mode]([float(x) for x in _counts(mask)], glob, max_len)
 
 
 def global_token_weights(mask: Tensor, mode: str, max_len: Optional[int] = None) -> Tensor:
@@ -222,11 +235,8 @@ def global_token_weights(mask: Tensor, mode: str, max_len: Optional[int] = None)
     local = token_weights(mask, mode, max_len)
     if world() == 1:
         return local
-    loc = _counts(mask)
-    parts = gather_rows(loc.unsqueeze(0))  # (world, 3)
-    glob = torch.stack([parts[:, 0].sum(), parts[:, 1].sum(), parts[:, 2].max()])
-    scale = _RESCALE[mode]([float(x) for x in loc], [float(x) for x in glob], max_len)
-    return local * scale
+    parts = gather_rows(_counts(mask).unsqueeze(0))  # (world, 4)
+    return rescale_to_global(local, mask, parts, mode, max_len)
 
 
 # ----------------------------------------------------------------------------- metrics
