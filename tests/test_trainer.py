@@ -58,7 +58,10 @@ def grads_after_update(model, h, batch):
 @pytest.mark.parametrize("level", ["token", "sequence"])
 def test_microbatches_equal_full_batch_gradient(tiny_llama, mode, level):
     batch = make_batch()
-    kw = dict(loss_aggregation=mode, ratio_level=level, beta=0.05, max_completion_len=10)
+    # one row per forward with the shared-prompt path (every row has its own prompt), which
+    # would make both sides one pass per row: off, the micro-batch size is what differs
+    kw = dict(loss_aggregation=mode, ratio_level=level, beta=0.05, max_completion_len=10,
+              shared_prompt_forward=False)
     full, _ = grads_after_update(tiny_llama, hyper(micro_batch_size=8, **kw), batch)
     micro, m = grads_after_update(tiny_llama, hyper(micro_batch_size=3, **kw), batch)
     for a, b in zip(full, micro):
@@ -282,9 +285,9 @@ def test_skip_iteration_advances_schedule(tiny_llama):
 
 def test_gradient_checkpointing_gives_the_same_gradient(tiny_llama):
     batch = make_batch()
-    plain, _ = grads_after_update(tiny_llama, hyper(micro_batch_size=3), batch)
-    ckpt, _ = grads_after_update(tiny_llama, hyper(micro_batch_size=3, gradient_checkpointing=True),
-                                 batch)
+    kw = dict(micro_batch_size=3, shared_prompt_forward=False)  # real 3-row micro-batches
+    plain, _ = grads_after_update(tiny_llama, hyper(**kw), batch)
+    ckpt, _ = grads_after_update(tiny_llama, hyper(gradient_checkpointing=True, **kw), batch)
     for a, b in zip(plain, ckpt):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
 
