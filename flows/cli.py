@@ -95,6 +95,8 @@ def _common_options(top_level: bool) -> argparse.ArgumentParser:
                         help="override a config value, e.g. algorithm.beta=0.02 (repeatable)")
     common.add_argument("--debug", dest="debug" + suffix, action="store_true",
                         help="show tracebacks for errors")
+    common.add_argument("--verbose", dest="verbose" + suffix, action="store_true",
+                        help="show the libraries' logs too (Prefect, vLLM, MLflow, transformers)")
     return common
 
 
@@ -102,6 +104,7 @@ def _merged_options(args: argparse.Namespace) -> argparse.Namespace:
     args.params = args.params_sub or args.params or DEFAULT_PARAMS
     args.overrides = args.overrides + args.overrides_sub
     args.debug = args.debug or args.debug_sub
+    args.verbose = args.verbose or args.verbose_sub
     return args
 
 
@@ -144,10 +147,10 @@ def _config_source(params: str, overrides: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # telemetry off, patient start-up; hub access stays on for `hf:` sources (the Makefile
-    # and CI also switch it off)
-    apply_defaults(offline=False)
     args = _merged_options(build_parser().parse_args(argv))
+    # telemetry off, patient start-up, library logs off the console unless --verbose; hub
+    # access stays on for `hf:` sources (the Makefile and CI also switch it off)
+    apply_defaults(offline=False, terse=not args.verbose)
     if not args.debug:
         for name in ("prefect.flow_runs", "prefect.task_runs"):
             logging.getLogger(name).addFilter(_NoUserErrorTraceback())

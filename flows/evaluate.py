@@ -13,7 +13,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows.run.inputs import engine_options, load_data, prompt_renderer
+from flows.run.inputs import load_data, prompt_renderer, start_engine
 from flows.run.values import THIN
 from grpo_core.config import Config, load_config
 from grpo_core.checkpoints.sft import check_model_dir
@@ -106,13 +106,11 @@ def evaluate_checkpoint(params: str, overrides: list[str], checkpoint: str
     """(metrics, per-problem records) of one saved model on the configured sets."""
     from transformers import AutoTokenizer
 
-    from grpo_core.rollout import make_engine
-
     cfg = load_config(params, overrides)
     check_model_dir(Path(checkpoint), checkpoint)
     _, sets, shots = load_data(cfg)
     render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
-    engine = make_engine(cfg.rollout.engine, checkpoint, **engine_options(cfg))
+    engine = start_engine(cfg, checkpoint)
     try:
         return score_sets(engine, render, sets, **eval_settings(cfg))
     finally:

@@ -8,43 +8,38 @@ expectation, rows, example ids) is printed and the flow run ends Failed with one
 from __future__ import annotations
 
 import argparse
-import sys
 
 from prefect import flow, task
 
 from flows.run.values import THIN
 from grpo_core.config import Config, load_config
-from grpo_core.errors import UserError
 
 
 @task(name="prepare", **THIN)
 def prepare_task(params: str, overrides: list[str]) -> dict[str, str]:
-    from flows.prepare import run
+    from flows.prepare import run, said
 
-    paths, _ = run(load_config(params, overrides))
+    paths, metrics = run(load_config(params, overrides))
+    print("\n".join(said(paths, metrics)))
     return {k: str(v) for k, v in paths.items()}
 
 
 @task(name="validate", **THIN)
 def validate_task(params: str, overrides: list[str]) -> str:
-    from flows.validate import run
-    from grpo_core.data.validation import summary
+    from flows.validate import checked
 
     cfg = load_config(params, overrides)
-    report, ok = run(cfg)
-    if not ok:
-        print(summary(report), file=sys.stderr)
-        raise UserError(f"data validation failed: {report['failed_expectations']} expectations "
-                        f"(report {cfg.validate_.report}); nothing was trained")
+    print(checked(cfg))
     return cfg.validate_.report
 
 
 @task(name="checkpoint", **THIN)
 def checkpoint_task(params: str, overrides: list[str]) -> str:
-    from grpo_core.checkpoints.sft import materialize
+    from flows.checkpoint import materialized
 
-    c = load_config(params, overrides).checkpoint
-    return str(materialize(c.source, c.output_dir, trust_remote_code=c.trust_remote_code))
+    out, line = materialized(load_config(params, overrides))
+    print(line)
+    return str(out)
 
 
 @flow(name="grpo-pipeline")

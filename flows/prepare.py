@@ -55,13 +55,19 @@ def run(cfg: Config) -> tuple[dict[str, Path], dict]:
     return paths, metrics
 
 
-def cli(cfg: Config, args: argparse.Namespace) -> int:
-    paths, metrics = run(cfg)
+def said(paths: dict[str, Path], metrics: dict) -> list[str]:
+    """One line per processed split: rows, where, and what was dropped."""
+    lines = []
     for key, path in paths.items():
         m = metrics[key]
         dropped = [f"{m[k]} {label}" for k, label in (("dropped_no_answer", "without an answer"),
                                                       ("dropped_overlap", "shared with eval"))
                    if m.get(k)]
         note = f" (dropped {', '.join(dropped)})" if dropped else ""
-        print(f"{key}: {m['rows']} rows -> {path}{note}")
+        lines.append(f"{key}: {m['rows']} rows -> {path}{note}")
+    return lines
+
+
+def cli(cfg: Config, args: argparse.Namespace) -> int:
+    print("\n".join(said(*run(cfg))))
     return 0

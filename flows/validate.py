@@ -32,7 +32,9 @@ def run(cfg: Config) -> tuple[dict, bool]:
     return report, ok
 
 
-def cli(cfg: Config, args: argparse.Namespace) -> int:
+def checked(cfg: Config) -> str:
+    """Run the suites; the one line saying they passed, else the failures printed and a
+    UserError (nothing downstream may run on data that failed)."""
     from grpo_core.data.validation import summary
 
     report, ok = run(cfg)
@@ -42,5 +44,9 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
         raise UserError(f"data validation failed: {report['failed_expectations']} expectations "
                         f"(report {cfg.validate_.report}{docs})")
     rows = ", ".join(f"{k} {d['rows']}" for k, d in report["datasets"].items())
-    print(f"validation passed: {rows} rows (report {cfg.validate_.report}{docs})")
+    return f"validation passed: {rows} rows (report {cfg.validate_.report}{docs})"
+
+
+def cli(cfg: Config, args: argparse.Namespace) -> int:
+    print(checked(cfg))
     return 0

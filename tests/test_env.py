@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from grpo_core.env import OFFLINE, QUIET, read_env_file
+from grpo_core.env import OFFLINE, QUIET, TERSE, read_env_file
 from tests.import_graph import REPO
 
 
@@ -27,13 +27,33 @@ def test_switch_files_are_plain_key_value_lines(tmp_path):
     assert QUIET["DO_NOT_TRACK"] == "1" and OFFLINE["HF_HUB_OFFLINE"] == "1"
 
 
+def _unset(monkeypatch, names) -> None:
+    """Unset `names` for this test; whatever the test sets is removed after it."""
+    for name in names:
+        monkeypatch.setenv(name, "")  # recorded, so that teardown restores the real state
+        monkeypatch.delenv(name)
+
+
 def test_the_cli_sets_telemetry_defaults_but_leaves_the_hub_reachable(monkeypatch, capsys):
     from flows.cli import main
 
-    for name in {**QUIET, **OFFLINE}:
-        monkeypatch.delenv(name, raising=False)
+    _unset(monkeypatch, {**QUIET, **OFFLINE, **TERSE})
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "mine")  # the user's value wins
     assert main(["config"]) == 0
     assert {k: os.environ.get(k) for k in QUIET} == {**QUIET, "MLFLOW_DISABLE_TELEMETRY": "mine"}
     assert not any(k in os.environ for k in OFFLINE)  # `hf:` sources need the hub
+    capsys.readouterr()
+
+
+def test_library_logs_stay_off_the_console_unless_verbose(monkeypatch, capsys):
+    from flows.cli import main
+
+    _unset(monkeypatch, TERSE)
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")  # the user's value wins
+    assert main(["config"]) == 0
+    assert {k: os.environ.get(k) for k in TERSE} == {**TERSE, "VLLM_LOGGING_LEVEL": "INFO"}
+    _unset(monkeypatch, TERSE)
+    assert main(["--verbose", "config"]) == 0 and main(["config", "--verbose"]) == 0
+    assert not any(k in os.environ for k in TERSE)
+    assert "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL" in TERSE and "VLLM_LOGGING_LEVEL" in TERSE
     capsys.readouterr()

@@ -192,6 +192,23 @@ def test_sigkill_leaves_no_prefect_server_behind(project):
     assert _own_servers(project) == [], "the server outlived the process that started it"
 
 
+def test_a_prefect_server_that_dies_mid_run_is_restarted_and_the_run_ends_with_results(project):
+    shutil.rmtree(project / "rollouts", ignore_errors=True)
+    proc = _start_alone(project, "--no-eval")
+    _wait_for_file(project / "rollouts" / "iter_00001.parquet", proc)
+    [server] = _own_servers(project)
+    os.kill(server, signal.SIGKILL)  # the server dies; grpo does not
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "warning: the temporary Prefect server stopped (status -9); restarting it" in err
+    assert "Traceback" not in err and "ConnectError" not in err
+    _, runs = _runs(project)
+    assert runs[-1].info.status == "FINISHED"
+    assert (project / "rollouts" / "iter_00004.parquet").is_file()  # every iteration ran
+    assert (project / "models" / "grpo" / "final" / "model.safetensors").is_file()
+    assert _own_servers(project) == []  # the restarted one is stopped too
+
+
 def test_a_second_run_in_the_same_project_stops_at_once_and_a_dead_runs_lock_is_taken(project):
     shutil.rmtree(project / "rollouts", ignore_errors=True)
     first = subprocess.Popen([str(BIN / "grpo"), "train", "--no-eval"], cwd=project,

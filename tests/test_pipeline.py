@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -65,6 +66,21 @@ def test_artifacts_and_files(pipeline_run):
     assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout
     assert (root / "models" / "grpo" / "final" / "model.safetensors").is_file()
     assert (root / "plots" / "reward.png").is_file()
+
+
+def test_a_person_sees_the_stages_the_bars_and_the_table_not_the_library_logs(pipeline_run):
+    _, out = pipeline_run
+    printed = (out.stdout + out.stderr).splitlines()  # a bar redrawn with \r counts per draw
+    for says in ("config: params.yaml", "gsm8k_train: ", "validation passed: ",
+                 "sft checkpoint: ", "rollout engine: vllm (", "GRPO: 100%", "MLflow UI: "):
+        assert any(line.startswith(says) or says in line for line in printed), says
+    chatter = [line for line in printed if re.search(
+        r"\| (INFO|DEBUG) |\b(INFO|DEBUG) \d\d-\d\d |Attempted to load weight|"
+        r"Loading safetensors checkpoint shards|Warning: NUMA|mlflow\.store", line)]
+    assert chatter == [], chatter[:5]
+    said = [line for line in printed  # what is left once the bars' redraws are set aside
+            if line.strip() and not re.match(r"(\x1b\[A)?\s*(GRPO|evaluate):", line)]
+    assert len(said) < 30, "\n".join(said)
 
 
 def test_validation_failure_stops_before_the_checkpoint(tmp_path, tiny_sft_dir, data_dir):

@@ -90,6 +90,22 @@ def engine_options(cfg: Config) -> dict[str, Any]:
                 max_model_len=longest, kv_cache_tokens=batch)
 
 
+def start_engine(cfg: Config, model_dir: str | Path) -> Any:
+    """The configured rollout engine on `model_dir`, with one line saying what started and
+    how long it took (the first start of vLLM is the longest silent wait of a run)."""
+    import time
+
+    from grpo_core.parallel.hardware import resolve_dtype
+    from grpo_core.rollout import make_engine
+
+    began = time.monotonic()
+    engine = make_engine(cfg.rollout.engine, model_dir, **engine_options(cfg))
+    if distributed.is_main():
+        print(f"rollout engine: {cfg.rollout.engine} ({resolve_dtype(cfg.rollout.dtype)}) on "
+              f"{model_dir}, ready in {time.monotonic() - began:.0f} s", file=sys.stderr)
+    return engine
+
+
 def check_prompts_fit(cfg: Config, tokenizer: Any, render: PromptRenderer,
                       mixture: pd.DataFrame) -> None:
     """Stop before training when no training prompt fits `rollout.max_prompt_tokens` (with

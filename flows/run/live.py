@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from flows.run.inputs import (check_prompts_fit, engine_options, load_data, processed_files,
-                              prompt_renderer, training_rows)
+from flows.run.inputs import (check_prompts_fit, load_data, processed_files, prompt_renderer,
+                              start_engine, training_rows)
 from flows.tracking import Tracker, provenance_tags, tracking_uri
 from grpo_core.config import Config
 from grpo_core.data.prompts import PromptRenderer
@@ -89,7 +89,6 @@ def open_run(cfg: Config, *, resume: bool, allow_changes: tuple[str, ...] = ()) 
     from grpo_core.algorithm.optim import UpdateHyper
     from grpo_core.checkpoints.sft import materialize
     from grpo_core.rewards.functions import check_functions
-    from grpo_core.rollout import make_engine
 
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)  # fail before loading
     changes = resumable_changes(cfg, allow_changes) if resume else []
@@ -109,7 +108,7 @@ def open_run(cfg: Config, *, resume: bool, allow_changes: tuple[str, ...] = ()) 
                                       max_completion_len=cfg.rollout.max_new_tokens)
     learner = Learner(policy, hyper)
     point = restore(cfg, learner, changes) if resume else fresh_start(cfg)
-    engine = make_engine(cfg.rollout.engine, sft, **engine_options(cfg))
+    engine = start_engine(cfg, sft)
     if resume:
         engine.update_weights(learner.sync_weights())
     tracker = open_tracker(cfg, point, len(mixture))
@@ -182,11 +181,9 @@ def open_tracker(cfg: Config, point: ResumePoint, train_problems: int) -> Tracke
 
 def restart_engine(run: LiveRun) -> None:
     """Replace a failed engine by a fresh one carrying the current policy weights."""
-    from grpo_core.rollout import make_engine
-
     with contextlib.suppress(Exception):
         run.engine.close()
-    run.engine = make_engine(run.cfg.rollout.engine, run.sft_dir, **engine_options(run.cfg))
+    run.engine = start_engine(run.cfg, run.sft_dir)
     run.engine.update_weights(run.learner.sync_weights())
 
 

@@ -60,7 +60,9 @@ class VLLMEngine:
             max_model_len = min(max_model_len, context)
         options = dict(model=str(model_dir), dtype=dtype, seed=seed,
                        logprobs_mode="processed_logprobs", enable_prefix_caching=True,
-                       max_model_len=max_model_len)
+                       max_model_len=max_model_len,
+                       # the weight-loading bar follows vLLM's log level (VLLM_LOGGING_LEVEL)
+                       use_tqdm_on_load=logging.getLogger("vllm").isEnabledFor(logging.INFO))
         if self.on_cpu:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
             options.update(enforce_eager=True, kv_cache_memory_bytes=cpu_kv_cache_bytes(
