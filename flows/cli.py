@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,9 +134,29 @@ class _NoUserErrorTraceback(logging.Filter):
     --debug)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], (UserError, KeyboardInterrupt)):
+        if record.exc_info and (isinstance(record.exc_info[1], (UserError, KeyboardInterrupt))
+                                or _is_termination(record.exc_info[1])):
             record.exc_info, record.exc_text = None, None
         return True
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, `kill`, a container stopping) ends a run as Ctrl-C does: the
+    MLflow run is marked KILLED and the state stays resumable, instead of the process
+    vanishing with its run still RUNNING."""
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
+def _is_termination(exc: BaseException | None) -> bool:
+    """Our SIGTERM, or Prefect's (inside a flow run Prefect turns SIGTERM into its own
+    TerminationSignal); prefect is looked up, not imported, to keep `grpo --help` fast."""
+    prefect_exceptions = sys.modules.get("prefect.exceptions")
+    return isinstance(exc, Terminated) or (
+        prefect_exceptions is not None
+        and isinstance(exc, prefect_exceptions.TerminationSignal))
 
 
 def _config_source(params: str, overrides: list[str]) -> str:
@@ -159,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         command = COMMANDS[args.command]
         if command.flow:  # a run says what it was configured by
             print(f"config: {_config_source(args.params, args.overrides)}", file=sys.stderr)
+            signal.signal(signal.SIGTERM, _terminated)
         status = _resolve(command.target)(cfg, args)
         return int(status or 0)
     except UserError as exc:
@@ -166,9 +188,17 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"grpo: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print("grpo: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("grpo: interrupted", file=sys.stderr)
         return 130
+    except BaseException as exc:
+        if not _is_termination(exc):
+            raise
+        print("grpo: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
 
 
 if __name__ == "__main__":

@@ -45,13 +45,17 @@ def checkpoint_task(params: str, overrides: list[str]) -> str:
 @flow(name="grpo-pipeline")
 def pipeline_flow(params: str = "params.yaml", overrides: list[str] | None = None) -> dict:
     """Every stage end to end; returns the final evaluation metrics."""
-    from flows.train import train_flow
+    from prefect.runtime import flow_run
+
+    from flows.train import output_lock, train_flow
 
     overrides = list(overrides or [])
-    prepare_task(params, overrides)
-    validate_task(params, overrides)
-    checkpoint_task(params, overrides)
-    return train_flow(params, overrides)
+    # from the first stage on: a second pipeline must not rewrite the data under a running one
+    with output_lock(load_config(params, overrides), f"Prefect flow run {flow_run.name!r}"):
+        prepare_task(params, overrides)
+        validate_task(params, overrides)
+        checkpoint_task(params, overrides)
+        return train_flow(params, overrides)
 
 
 def cli(cfg: Config, args: argparse.Namespace) -> int:

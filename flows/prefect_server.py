@@ -52,7 +52,7 @@ def temporary_server():
             try:
                 yield
             finally:
-                _deliver_pending()
+                deliver_pending()
     finally:
         server.stop()
 
@@ -152,7 +152,7 @@ def _wait_until_healthy(proc: subprocess.Popen, api: str, cancel: threading.Even
                     f"(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS)")
 
 
-def _deliver_pending(timeout_s: float = 10.0) -> None:
+def deliver_pending(timeout_s: float = 10.0) -> None:
     """Send the events and logs Prefect still holds while the server is up (after it stops
     they would be retried until exit)."""
     from prefect.events.worker import EventsWorker

@@ -35,6 +35,9 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
                         "127.0.0.1` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     params = str(Path(args.params).resolve()) if Path(args.params).exists() else args.params
     print(f"serving deployment grpo-pipeline/{args.name} on cron {cron!r}; Ctrl-C stops")
-    pipeline_flow.serve(name=args.name, cron=cron,
+    # limit=1: this runner starts a scheduled run only when the previous one has ended (the
+    # later run waits, Scheduled, instead of interleaving with it); a run started any other
+    # way meets the output folder's lock (flows/run/lock.py)
+    pipeline_flow.serve(name=args.name, cron=cron, limit=1,
                         parameters={"params": params, "overrides": list(args.overrides)})
     return 0

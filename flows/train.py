@@ -25,6 +25,7 @@ import sys
 import time
 
 from prefect import flow, task
+from prefect.exceptions import TerminationSignal
 
 from flows.run import writers
 from flows.run.console import Budget, headline, progress
@@ -158,8 +159,18 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
     """Train from the SFT checkpoint (or resume the interrupted run, whose recipe may differ
     only in `allow_changes`); returns the final evaluation (empty without `evaluate_at_end`:
     DVC runs evaluation as its own stage)."""
+    from prefect.runtime import flow_run
+
     cfg = load_config(params, overrides or [])
-    run = open_run(cfg, resume=resume, allow_changes=tuple(allow_changes or ()))
+    # held here too (a no-op under `grpo train`, which took it first): a scheduled run that
+    # meets a running one stops at once instead of interleaving with it
+    with output_lock(cfg, f"Prefect flow run {flow_run.name!r}"):
+        return _train(cfg, resume, evaluate_at_end, tuple(allow_changes or ()))
+
+
+def _train(cfg: Config, resume: bool, evaluate_at_end: bool, allow_changes: tuple[str, ...]
+           ) -> dict:
+    run = open_run(cfg, resume=resume, allow_changes=allow_changes)
     try:
         compare = evaluate_at_end and cfg.evaluate.baseline
         baseline = call(baseline_task, run.key) if compare else None
@@ -188,7 +199,7 @@ def train_flow(params: str = "params.yaml", overrides: list[str] | None = None,
                    if evaluate_at_end else {})
         close_run(run, "FINISHED")
         return results
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, TerminationSignal):  # Ctrl-C; SIGTERM, a cancel from Prefect
         close_run(run, "KILLED")  # resumable, like FAILED
         raise
     except BaseException:
@@ -249,9 +260,20 @@ def run_context(cfg: Config):
         yield
         return
     from flows.prefect_server import temporary_server
+
+    with output_lock(cfg, shlex.join(["grpo", *sys.argv[1:]])), temporary_server():
+        yield
+
+
+@contextlib.contextmanager
+def output_lock(cfg: Config, holder: str):
+    """The lock on train.output_dir (rank 0 writes it; the other ranks share rank 0's)."""
     from flows.run.lock import run_lock
 
-    with run_lock(cfg.train.output_dir, shlex.join(["grpo", *sys.argv[1:]])), temporary_server():
+    if not distributed.is_main():
+        yield
+        return
+    with run_lock(cfg.train.output_dir, holder):
         yield
 
 

@@ -132,6 +132,9 @@ def prefect_server(tmp_path_factory):
         with temporary_settings(updates={PREFECT_API_URL: api}):
             yield api
     finally:
+        from flows.prefect_server import deliver_pending
+
+        deliver_pending()  # logs of this process's flows, while the server is still up
         if before is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:

@@ -157,18 +157,21 @@ def _wait_for_file(path: Path, proc: subprocess.Popen, seconds: float = 600) -> 
         time.sleep(0.05)
 
 
-def test_ctrl_c_ends_the_run_in_seconds_killed_resumable_and_exit_130(project):
+@pytest.mark.parametrize("sig,status,says", [(signal.SIGINT, 130, "interrupted"),
+                                             (signal.SIGTERM, 143, "terminated")])
+def test_ctrl_c_or_sigterm_ends_the_run_in_seconds_killed_and_resumable(project, sig, status,
+                                                                         says):
     shutil.rmtree(project / "rollouts", ignore_errors=True)
     proc = _start_alone(project, "--no-eval", "--set", "train.iterations=6")
     _wait_for_file(project / "rollouts" / "iter_00003.parquet", proc)  # a state at 2 is saved
     assert len(_own_servers(project)) == 1
-    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C at the terminal sends
+    os.killpg(proc.pid, sig)  # SIGINT: what Ctrl-C at the terminal sends
     start = time.time()
     _, err = proc.communicate(timeout=120)
     took = time.time() - start
-    assert proc.returncode == 130, err[-3000:]
-    assert took < 30, f"Ctrl-C took {took:.0f} s"
-    assert err.strip().splitlines()[-1] == "grpo: interrupted" and "Traceback" not in err
+    assert proc.returncode == status, err[-3000:]
+    assert took < 30, f"stopping took {took:.0f} s"
+    assert err.strip().splitlines()[-1] == f"grpo: {says}" and "Traceback" not in err
     _, runs = _runs(project)
     assert runs[-1].info.status == "KILLED"
     marker = json.loads((project / "models" / "grpo" / "run.json").read_text())
@@ -190,6 +193,30 @@ def test_sigkill_leaves_no_prefect_server_behind(project):
     while _own_servers(project) and time.time() < deadline:
         time.sleep(0.2)
     assert _own_servers(project) == [], "the server outlived the process that started it"
+
+
+def test_a_training_flow_run_from_a_deployment_meets_the_lock_too(project, monkeypatch):
+    import sys
+
+    from flows.train import train_flow
+    from grpo_core.errors import UserError
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from flows.run.lock import run_lock\n"
+         "with run_lock('models/grpo', 'grpo train (by hand)'):\n"
+         "    print('held', flush=True); time.sleep(120)"],
+        cwd=project, env=grpo_env(project), stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.chdir(project)
+        start = time.time()
+        with pytest.raises(UserError, match=r"models/grpo is in use by another run \(pid "
+                                            rf"{holder.pid}, since .*: grpo train \(by hand\)\)"):
+            train_flow("params.yaml", ["train.iterations=1"])  # what a served run calls
+        assert time.time() - start < 60
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_a_prefect_server_that_dies_mid_run_is_restarted_and_the_run_ends_with_results(project):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import subprocess
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.pipeline_support import BIN, grpo_env, run_grpo, stop, wait_for
+from tests.pipeline_support import BIN, grpo_env, run_grpo, stop, tiny_params, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 
@@ -44,3 +45,41 @@ def test_serve_errors_are_one_line(tmp_path: Path, monkeypatch):
     assert out.returncode == 2
     assert "grpo serve needs a Prefect server: run `prefect server start --host 127.0.0.1`" in (
         out.stderr)
+
+
+def test_scheduled_runs_that_overlap_queue_behind_each_other(tmp_path: Path, prefect_server: str,
+                                                              tiny_sft_dir, data_dir):
+    api = prefect_server
+    tiny_params(tmp_path, tiny_sft_dir, data_dir, engine="hf", iterations=1,
+                evaluate={"baseline": False, "datasets": [{"name": "gsm8k", "split": "test",
+                                                           "rows": 2}], "final_rows": 2},
+                promote={"enabled": False})
+    serve = subprocess.Popen([str(BIN / "grpo"), "serve", "--cron", "0 3 1 1 *",
+                              "--name", "overlap-test"], cwd=tmp_path, env=grpo_env(tmp_path),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    try:
+        dep = wait_for(lambda: _deployment(api, "overlap-test"), 240, "the deployment")
+        ids = [httpx.post(f"{api}/deployments/{dep['id']}/create_flow_run", json={},
+                          timeout=10).json()["id"] for _ in range(2)]  # both due now
+
+        def ended():
+            runs = [httpx.get(f"{api}/flow_runs/{i}", timeout=5).json() for i in ids]
+            return runs if all(r["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED")
+                               for r in runs) else None
+
+        first, second = sorted(wait_for(ended, 600, "both runs"),
+                               key=lambda r: r["start_time"])
+        assert [first["state"]["type"], second["state"]["type"]] == ["COMPLETED"] * 2
+        assert _at(second["start_time"]) >= _at(first["end_time"]), "the runs overlapped"
+    finally:
+        stop(serve)
+
+
+def _deployment(api: str, name: str):
+    r = httpx.get(f"{api}/deployments/name/grpo-pipeline/{name}", timeout=5)
+    return r.json() if r.status_code == 200 else None
+
+
+def _at(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
