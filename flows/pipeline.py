@@ -61,7 +61,7 @@ def pipeline_flow(params: str = "params.yaml", overrides: list[str] | None = Non
 def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo pipeline`: run everything, print the results and where to look at them."""
     from flows.evaluate import by_dataset, format_table
-    from flows.tracking import tracking_uri
+    from flows.tracking import tracking_uri, ui_lines
     from flows.train import print_comparison, run_context
 
     with run_context(cfg):
@@ -69,6 +69,5 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     print(format_table(by_dataset(results)))
     print_comparison(results)
     print(f"\nevaluation: {cfg.evaluate.output}   final model: {cfg.train.output_dir}/final")
-    print(f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri "
-          f"{tracking_uri(cfg.tracking.mlflow_tracking_uri)} --host 127.0.0.1")
+    print(ui_lines(tracking_uri(cfg.tracking.mlflow_tracking_uri), cfg.tracking.experiment))
     return 0

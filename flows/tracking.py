@@ -18,10 +18,25 @@ import pandas as pd
 
 
 
-# The MLflow UI opens an experiment in the view its kind names; without it, MLflow 3 guesses
-# and a run with logged tables and figures opens in the GenAI view (traces, evaluations)
-# instead of the runs table and metric charts ("Model training").
+# The experiment's kind, shown by the UI's experiment-kind selector; without it MLflow 3
+# infers one, and a run with logged tables and figures passes for GenAI development.
 EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+# Which view the UI opens (GenAI: traces, evaluations; Model training: the runs table and
+# metric charts) is a browser setting in MLflow 3.17, GenAI by default, that this query sets
+# (checked in headless Chromium: docs/experiments.md, 2026-12-02)
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def ui_lines(uri: str, experiment: str, port: int = 5000) -> str:
+    """How to look at the runs: the `mlflow ui` command, and the address that opens this
+    experiment on its runs table."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(tracking_uri=uri).get_experiment_by_name(experiment)
+    where = f"#/experiments/{found.experiment_id}" if found else "#/experiments"
+    return (f"MLflow UI:  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 "
+            f"--port {port}\n            then open http://127.0.0.1:{port}/{where}?"
+            f"{MODEL_TRAINING_VIEW}")
 
 
 def tracking_uri(configured: str | None) -> str:

@@ -64,6 +64,9 @@ def test_artifacts_and_files(pipeline_run):
     assert set(results) == {"gsm8k", "math500"}
     assert results["math500"]["count"] == 3.0 and "by_level" in results["math500"]
     assert "mlflow ui --backend-store-uri sqlite:///" in out.stdout
+    exp_id = client.get_experiment_by_name("tiny").experiment_id  # opens on the runs table:
+    assert f"http://127.0.0.1:5000/#/experiments/{exp_id}?workflowType=machine_learning" in (
+        out.stdout)
     assert (root / "models" / "grpo" / "final" / "model.safetensors").is_file()
     assert (root / "plots" / "reward.png").is_file()
 
