@@ -23,7 +23,9 @@ import json
 import shlex
 import sys
 import time
+from dataclasses import replace
 
+import torch
 from prefect import flow, task
 from prefect.exceptions import TerminationSignal
 
@@ -33,9 +35,12 @@ from flows.run.evaluation import baseline_records, evaluate_live, final_evaluati
 from flows.run.inputs import check_processed
 from flows.run.live import LIVE, close_run, open_run, restart_engine
 from flows.run.values import THIN, Rollout, ScoredBatch, call
-from grpo_core.algorithm.experience import (advantages_for, draw_prompts, record_columns,
-                                            rollout_metrics, score_groups, update_batch)
+from grpo_core.algorithm.experience import (advantages_for, concat_results, draw_prompts_at,
+                                            informative_groups, merged_reward_metrics,
+                                            record_columns, refill_count, rollout_metrics,
+                                            score_groups, update_batch)
 from grpo_core.config import Config, load_config
+from grpo_core.errors import UserError
 from grpo_core.parallel import distributed
 from grpo_core.rewards.functions import check_functions
 
@@ -44,25 +49,86 @@ from grpo_core.rewards.functions import check_functions
 def rollout_task(key: str, iteration: int) -> Rollout:
     """Sample G completions for P prompts; the engine is rebuilt if it died (then retried)."""
     run = LIVE[key]
+    rollout = sample(run, iteration, run.cfg.rollout.prompts_per_iteration)
+    records = writers.write_records(run, iteration, rollout.rows, rollout.prompts, rollout.result)
+    return replace(rollout, records=records)
+
+
+def sample(run, iteration: int, count: int, round_: int = 0) -> Rollout:
+    """`count` prompts from the run's position in its prompt stream (advanced once they are
+    sampled, so a retried task draws the same ones), G completions each; no records yet."""
     cfg = run.cfg.rollout
-    rows = draw_prompts(run.mixture, iteration, cfg.prompts_per_iteration, run.cfg.data.seed)
+    rows = draw_prompts_at(run.mixture, run.cursor, count, run.cfg.data.seed)
     rows = rows.iloc[distributed.shard_range(len(rows))].reset_index(drop=True)  # whole groups
     prompts = run.render(rows["question"].tolist())
     try:
-        result = run.engine.generate(prompts, cfg.group_size, run.sampling(iteration))
+        result = run.engine.generate(prompts, cfg.group_size, run.sampling(iteration, round_))
     except Exception:
         restart_engine(run)  # a fresh engine with the current policy weights
         raise
-    records = writers.write_records(run, iteration, rows, prompts, result)
-    metrics = rollout_metrics(result) | {"time/rollout_s": result.seconds}
-    return Rollout(iteration, rows, prompts, result, records, metrics)
+    run.cursor += count
+    return Rollout(iteration, rows, prompts, result, None, _rollout_metrics(result, 1))
+
+
+@task(name="refill", **THIN)
+def refill_task(key: str, rollout: Rollout, scored: ScoredBatch) -> tuple[Rollout, ScoredBatch]:
+    """DAPO's dynamic sampling: while fewer than P groups have reward variance, draw more
+    prompts from the stream (as many as the informative share so far says will fill the
+    batch, at most 4 P a round), sample and score them, for up to rollout.refill_rounds
+    rounds; then one rollout of everything drawn, scored, its records rewritten. The update
+    keeps the first P informative groups (train on what there is if the rounds run out)."""
+    began = time.perf_counter()
+    run = LIVE[key]
+    want = run.cfg.rollout.prompts_per_iteration
+    parts, scores = [rollout], [(scored.rewards, scored.per_function, scored.metrics)]
+    informative, drawn = int(informative_groups(scored.rewards).sum()), len(rollout.rows)
+    for round_ in range(1, run.cfg.rollout.refill_rounds + 1):
+        count = refill_count(want, informative, drawn, most=4 * want)
+        if count == 0:
+            break
+        extra = sample(run, rollout.iteration, count, round_)
+        rewards, per_fn, metrics = _scores(run, extra)
+        parts.append(extra)
+        scores.append((rewards, per_fn, metrics))
+        informative, drawn = informative + int(informative_groups(rewards).sum()), drawn + count
+    merged = _joined(run, parts)
+    rewards = torch.cat([r for r, _, _ in scores])  # (P_drawn, G)
+    per_fn = {k: torch.cat([p[k] for _, p, _ in scores]) for k in scores[0][1]}
+    metrics = merged_reward_metrics([m for _, _, m in scores], rewards, per_fn)
+    metrics["time/refill_s"] = time.perf_counter() - began
+    return merged, _advantaged(run, merged, rewards, per_fn, metrics, time.perf_counter())
+
+
+def _joined(run, parts: list[Rollout]) -> Rollout:
+    """The rounds of one iteration as one rollout, with its records rewritten."""
+    import pandas as pd
+
+    first = parts[0]
+    rows = pd.concat([p.rows for p in parts], ignore_index=True)
+    prompts = [q for p in parts for q in p.prompts]
+    result = concat_results([p.result for p in parts])
+    records = writers.write_records(run, first.iteration, rows, prompts, result)
+    return Rollout(first.iteration, rows, prompts, result, records,
+                   _rollout_metrics(result, len(parts)))
+
+
+def _rollout_metrics(result, rounds: int) -> dict[str, float]:
+    return rollout_metrics(result) | {"time/rollout_s": result.seconds,
+                                      "rollout/rounds": float(rounds),
+                                      "rollout/prompts_drawn": float(result.num_prompts)}
 
 
 @task(name="reward", **THIN)
 def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
     """Score every completion, compute group advantages, fill them into the records."""
-    cfg = LIVE[key].cfg
     start = time.perf_counter()
+    rewards, per_fn, metrics = _scores(LIVE[key], rollout)
+    return _advantaged(LIVE[key], rollout, rewards, per_fn, metrics, start)
+
+
+def _scores(run, rollout: Rollout):
+    """(rewards (P, G), {function: (P, G)}, metrics); failing functions are reported."""
+    cfg = run.cfg
     errors: dict[str, str] = {}  # each failing function's first failure
     rewards, per_fn, metrics = score_groups(
         rollout.result, rollout.rows, weights=dict(cfg.reward.functions),
@@ -70,11 +136,18 @@ def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
         overlong_buffer=cfg.reward.overlong_buffer, prompts=rollout.prompts,
         answer_format=cfg.reward.answer_format, reward_model_dir=cfg.reward.reward_model,
         reward_model_batch_size=cfg.reward.reward_model_batch_size, errors=errors)
-    writers.report_reward_failures(LIVE[key], metrics, errors, rewards.numel())
+    writers.report_reward_failures(run, metrics, errors, rewards.numel())
+    return rewards, per_fn, metrics
+
+
+def _advantaged(run, rollout: Rollout, rewards, per_fn, metrics: dict[str, float],
+                start: float) -> ScoredBatch:
+    """Group advantages of scored groups (over every rank's), filled into the records."""
+    cfg = run.cfg
     everything, mine = distributed.gather_groups(rewards)  # (P, G) over all ranks
     adv_all, adv_metrics = advantages_for(everything, cfg.algorithm.advantage, cfg.algorithm.eps)
     adv = adv_all[mine]  # this rank's groups; batch_std used the batch-wide std
-    writers.fill_records(LIVE[key], rollout.iteration, rollout.records,
+    writers.fill_records(run, rollout.iteration, rollout.records,
                          record_columns(rollout.result, rewards, per_fn, adv))
     metrics.update(adv_metrics)
     metrics["time/reward_s"] = time.perf_counter() - start
@@ -84,18 +157,18 @@ def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
 @task(name="update", **THIN)
 def update_task(key: str, rollout: Rollout, scored: ScoredBatch) -> dict[str, float]:
     """One GRPO update on this iteration's rollouts (groups with zero reward variance are
-    dropped first when `algorithm.filter_zero_variance` is on); the update's metrics."""
-    import torch
-
-    from grpo_core.algorithm.advantages import zero_variance_groups
-
+    dropped first when `algorithm.filter_zero_variance` is on, and with dynamic sampling,
+    which also keeps only the first P informative groups); the update's metrics."""
     run = LIVE[key]
-    algo = run.cfg.algorithm
-    keep = ~zero_variance_groups(scored.rewards) if algo.filter_zero_variance else None
+    algo, refill = run.cfg.algorithm, run.cfg.rollout.refill_rounds
+    keep = (informative_groups(scored.rewards, run.cfg.rollout.prompts_per_iteration) if refill
+            else informative_groups(scored.rewards) if algo.filter_zero_variance else None)
     batch = update_batch(rollout.result, scored.advantages, pad_id=run.pad_id, keep=keep,
                          use_sampler_logprobs=algo.tis_cap is not None)
     filtered = float((~keep).sum()) if keep is not None else 0.0
-    metrics = {"groups/filtered": float(distributed.all_reduce(torch.tensor(filtered)))}
+    metrics = {"groups/filtered": float(distributed.all_reduce(torch.tensor(filtered))),
+               "groups/informative": float(distributed.all_reduce(
+                   informative_groups(scored.rewards).sum().float()))}
     if not distributed.any_rank(batch is not None):  # all filtered: the schedule moves on
         run.learner.skip_iteration()
         return metrics | {"update/skipped_empty": 1.0}
@@ -217,6 +290,8 @@ def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, fl
         skipped_iteration(LIVE[key], it)
         return None
     scored = call(reward_task, key, rollout)
+    if LIVE[key].cfg.rollout.refill_rounds:
+        rollout, scored = call(refill_task, key, rollout, scored)
     updated = call(update_task, key, rollout, scored)
     synced_s = call(sync_task, key)
     metrics = {**rollout.metrics, **scored.metrics, **updated, "time/sync_s": synced_s,
@@ -237,6 +312,10 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
     """`grpo train [--resume] [--no-eval]`, also under `torchrun` (one process per rank)."""
     distributed.init_from_env(cfg.train.dist_timeout_s)
     distributed.shard_range(cfg.rollout.prompts_per_iteration)  # fail before any loading
+    if cfg.rollout.refill_rounds and distributed.world() > 1:
+        raise UserError(f"rollout.refill_rounds={cfg.rollout.refill_rounds}: dynamic sampling "
+                        f"runs on one process for now (the ranks would need to agree on every "
+                        f"round); set it to 0 under torchrun")
     check_processed(cfg)  # and before Prefect's server starts
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)
     entry = train_flow if distributed.is_main() else train_flow.fn  # one Prefect flow run

@@ -57,6 +57,7 @@ RULES = [
     ("rollout.top_p=0", "rollout.top_p must be > 0.0, got 0"),
     ("rollout.top_p=1.5", "rollout.top_p must be <= 1.0, got 1.5"),
     ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be >= 1, got 0"),
+    ("rollout.refill_rounds=-1", "rollout.refill_rounds must be >= 0, got -1"),
     ("rollout.max_prompt_tokens=0", "rollout.max_prompt_tokens must be >= 1, got 0"),
     ("rollout.overlong_prompts=drop",
      "rollout.overlong_prompts must be one of 'skip' or 'truncate', got 'drop'"),

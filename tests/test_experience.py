@@ -4,8 +4,11 @@ import pandas as pd
 import pytest
 import torch
 
-from grpo_core.algorithm.experience import (advantages_for, cross_prompt_answer_frac, draw_prompts,
-                                 record_columns, rollout_metrics, score_groups, update_batch)
+from grpo_core.algorithm.experience import (advantages_for, concat_results, cross_prompt_answer_frac,
+                                            draw_prompts, draw_prompts_at, informative_groups,
+                                            merged_reward_metrics, record_columns, refill_count,
+                                            rollout_metrics, score_groups, update_batch)
+from grpo_core.rewards.functions import score
 from grpo_core.rollout import Completion, Group, RolloutResult
 
 
@@ -116,3 +119,61 @@ def test_cross_prompt_answer_frac_flags_one_answer_for_every_question():
     cols = record_columns(_result(), torch.ones(2, 3), {"f": torch.zeros(2, 3)}, torch.eye(2, 3))
     assert cols["advantage"] == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
     assert set(cols) == {"reward", "advantage", "reward_f"}
+
+
+# ------------------------------------------------------------------ dynamic sampling (DAPO)
+def test_the_prompt_stream_continues_where_a_refill_left_it():
+    mixture = pd.DataFrame({"id": [str(i) for i in range(10)]})
+    stream = draw_prompts_at(mixture, 0, 25, seed=3)["id"].tolist()  # 2.5 passes
+    assert [draw_prompts(mixture, it, 4, seed=3)["id"].tolist() for it in (1, 2, 3)] == [
+        stream[0:4], stream[4:8], stream[8:12]]
+    assert draw_prompts_at(mixture, 13, 7, seed=3)["id"].tolist() == stream[13:20]
+
+
+def test_joined_rounds_index_the_joined_prompt_lists():
+    a, b = _result(), RolloutResult(groups=(Group(1, (4,), ()),), num_prompts=3,
+                                    skipped=(0, 2), truncated=(1,), seconds=1.0)
+    joined = concat_results([a, b])
+    assert [g.prompt_index for g in joined.groups] == [0, 1, 3]
+    assert (joined.num_prompts, joined.skipped, joined.truncated, joined.seconds) == (
+        5, (2, 4), (3,), 3.0)
+    assert joined.groups[2].prompt_ids == (4,)
+
+
+def test_informative_groups_keeps_the_first_p_with_reward_variance():
+    rewards = torch.tensor([[0., 0.], [1., 0.], [1., 1.], [0., 1.], [.5, 0.]])
+    assert informative_groups(rewards).tolist() == [False, True, False, True, True]
+    assert informative_groups(rewards, 2).tolist() == [False, True, False, True, False]
+    assert informative_groups(rewards, 9).tolist() == [False, True, False, True, True]
+
+
+@pytest.mark.parametrize("want,informative,drawn,most,expected", [
+    (4, 4, 4, 16, 0),   # full: no round
+    (4, 6, 8, 16, 0),   # more than enough
+    (4, 1, 4, 16, 12),  # 3 missing at 1 in 4: 12 prompts expected to fill them
+    (4, 2, 4, 16, 4),   # 2 missing at 1 in 2
+    (4, 3, 5, 16, 2),   # ceil(1 / 0.6)
+    (4, 1, 40, 16, 16),  # capped
+    (4, 0, 4, 16, 16),  # no signal yet: the most
+])
+def test_refill_count(want, informative, drawn, most, expected):
+    assert refill_count(want, informative, drawn, most) == expected
+
+
+def test_reward_metrics_of_rounds_equal_scoring_everything_at_once():
+    texts = ["#### 12", "12 apples", "#### 7", "no", "#### 7", "#### 12"]
+    answers = ["12", "12", "7", "7", "8", "12"]
+    kwargs = dict(sources=["gsm8k"] * 6, token_counts=[3] * 6, max_new_tokens=8,
+                  weights={"gsm8k_accuracy": 1.0, "format": 0.5}, time_limit_s=5.0)
+    rounds = [score(texts[:2], answers=answers[:2], **{**kwargs, "sources": ["gsm8k"] * 2,
+                                                        "token_counts": [3] * 2}),
+              score(texts[2:], answers=answers[2:], **{**kwargs, "sources": ["gsm8k"] * 4,
+                                                        "token_counts": [3] * 4})]
+    total, per_fn, expected = score(texts, answers=answers, **kwargs)
+    rewards = torch.cat([torch.as_tensor(t, dtype=torch.float32) for t, _, _ in rounds]).reshape(3, 2)
+    per = {k: torch.cat([torch.as_tensor(p[k], dtype=torch.float32) for _, p, _ in rounds])
+           for k in per_fn}
+    got = merged_reward_metrics([m for _, _, m in rounds], rewards, per)
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=1e-6), key
+    assert got["reward/total/max"] == pytest.approx(float(total.max()))

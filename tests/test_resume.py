@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -19,11 +20,21 @@ pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("prefect_server")]
 ITERATIONS = 8
 
 
-def _project(root: Path, sft: Path, data: Path) -> Path:
-    (root / "myrewards.py").write_text(VARIETY_REWARD)
+# Signal for about half the problems only (the others' groups are all 0): what dynamic
+# sampling refills
+SPARSE_REWARD = """
+def sparse(completions, questions, **_):
+    return [v if len(q) % 2 == 0 else 0.0 for v, q in zip(vowels(completions), questions)]
+"""
+REFILL = {"reward": {"functions": {"myrewards:sparse": 1.0}},
+          "rollout": {"refill_rounds": 3}}
+
+
+def _project(root: Path, sft: Path, data: Path, **sections) -> Path:
+    (root / "myrewards.py").write_text(VARIETY_REWARD + SPARSE_REWARD)
+    sections = {"reward": {"functions": {"myrewards:vowels": 1.0}}, **sections}
     tiny_params(root, sft, data, engine="hf", iterations=ITERATIONS,
-                train={"checkpoint_every": ITERATIONS, "resume_every": 3},
-                reward={"functions": {"myrewards:vowels": 1.0}})
+                train={"checkpoint_every": ITERATIONS, "resume_every": 3}, **sections)
     return root
 
 
@@ -33,10 +44,12 @@ def _kill_at_rollout(root: Path, iteration: int) -> int:
     return json.loads((root / "models" / "grpo" / "resume" / "meta.json").read_text())["iteration"]
 
 
-def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_dir, data_dir):
+@pytest.mark.parametrize("sections", [{}, REFILL], ids=["fixed", "dynamic_sampling"])
+def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_dir, data_dir,
+                                                           sections):
     killed = tmp_path / "killed"
     killed.mkdir()
-    _project(killed, tiny_sft_dir, data_dir)
+    _project(killed, tiny_sft_dir, data_dir, **sections)
     assert run_grpo(killed, "prepare").returncode == 0
     # State saved every 3 iterations; killed in iteration 5: the resumed run redoes iteration 4,
     # whose metrics MLflow already has (a fast machine may have reached the save at 6)
@@ -49,15 +62,19 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_di
     client = MlflowClient(tracking_uri=f"sqlite:///{killed / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
-    for key in ("reward/total/mean", "reward/myrewards:vowels/mean", "time/iteration_s"):
+    for key in ("reward/total/mean", "time/iteration_s", "rollout/rounds",
+                "rollout/prompts_drawn", "groups/informative"):
         steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
         assert sorted(steps) == list(range(1, ITERATIONS + 1)), f"{key}: {sorted(steps)}"
     rollouts = sorted(p.name for p in (killed / "rollouts").glob("iter_*.parquet"))
     assert rollouts == [f"iter_{i:05d}.parquet" for i in range(1, ITERATIONS + 1)]
 
+    if sections:  # the batch refilled: more prompts drawn, up to P informative groups kept
+        _refilled(client, runs[0].info.run_id, killed / "rollouts")
+
     straight = tmp_path / "straight"
     straight.mkdir()
-    _project(straight, tiny_sft_dir, data_dir)
+    _project(straight, tiny_sft_dir, data_dir, **sections)
     shutil.copytree(killed / "data", straight / "data")
     out = run_grpo(straight, "train", "--no-eval")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -69,6 +86,21 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_di
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
     assert any(not torch.equal(a[n], sft[n]) for n in a), "training changed nothing"
+
+
+def _refilled(client, run_id: str, rollouts: Path) -> None:
+    def history(key):
+        return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+    rounds, drawn = history("rollout/rounds"), history("rollout/prompts_drawn")
+    informative, filtered = history("groups/informative"), history("groups/filtered")
+    assert max(rounds.values()) > 1, rounds
+    for it in rounds:
+        frame = pd.read_parquet(rollouts / f"iter_{it:05d}.parquet")
+        assert frame["prompt_index"].nunique() == drawn[it] >= 2  # every round's records
+        assert drawn[it] - filtered[it] == min(informative[it], 2)  # P = 2 groups trained
+        if rounds[it] > 1:
+            assert drawn[it] > 2
 
 
 def test_resume_without_state_is_a_one_line_error(tmp_path, tiny_sft_dir, data_dir):

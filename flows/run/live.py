@@ -44,6 +44,7 @@ class LiveRun:
     skipped_iterations: int = 0  # iterations none of whose prompts fit the prompt limit
     reward_watch: Any = None  # grpo_core.rewards.failures.FailureWatch, over the whole run
     history: list[dict[str, float]] = field(default_factory=list)
+    cursor: int = 0  # the next position in the run's prompt stream (draw_prompts_at)
 
     @property
     def pad_id(self) -> int:
@@ -59,15 +60,16 @@ class LiveRun:
     def out_dir(self) -> Path:
         return Path(self.cfg.train.output_dir)
 
-    def sampling(self, iteration: int):
-        """Rollout sampling; the seed is a function of (seed, iteration), so a resumed run
-        asks the engine for the same stream an uninterrupted run would have."""
+    def sampling(self, iteration: int, round_: int = 0):
+        """Rollout sampling; the seed is a function of (seed, iteration, dynamic-sampling
+        round), so a resumed run asks the engine for the same stream an uninterrupted run
+        would have."""
         from grpo_core.rollout import SamplingSettings
 
         r = self.cfg.rollout
         return SamplingSettings(temperature=r.temperature, top_p=r.top_p,
                                 max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),
-                                seed=r.seed * 1_000_003 + iteration)
+                                seed=r.seed * 1_000_003 + iteration + 7_919_000 * round_)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class ResumePoint:
     run_id: str | None = None
     history: list = field(default_factory=list)
     changes: list = field(default_factory=list)  # allowed recipe changes (key, old, new)
+    cursor: int | None = None  # the saved position in the prompt stream (None: before it)
 
 
 def open_run(cfg: Config, *, resume: bool, allow_changes: tuple[str, ...] = ()) -> LiveRun:
@@ -113,10 +116,19 @@ def open_run(cfg: Config, *, resume: bool, allow_changes: tuple[str, ...] = ()) 
         engine.update_weights(learner.sync_weights())
     tracker = open_tracker(cfg, point, len(mixture))
     run = LiveRun(uuid.uuid4().hex, cfg, Path(sft), tokenizer, learner, engine, tracker, mixture,
-                  eval_sets, render, start_iteration=point.start, history=point.history)
+                  eval_sets, render, start_iteration=point.start, history=point.history,
+                  cursor=_cursor(cfg, point))
     run.reward_watch = FailureWatch(cfg.reward.failure_warn_rate, cfg.reward.failure_stop_rate)
     LIVE[run.key] = run
     return run
+
+
+def _cursor(cfg: Config, point: ResumePoint) -> int:
+    """Where the run is in its prompt stream: the saved position, else (a new run, or a state
+    saved before positions were) P prompts per iteration before this one."""
+    if point.cursor is not None:
+        return int(point.cursor)
+    return (point.start - 1) * cfg.rollout.prompts_per_iteration
 
 
 def resumable_changes(cfg: Config, allow_changes: tuple[str, ...]) -> list:
@@ -141,7 +153,8 @@ def restore(cfg: Config, learner, changes: list) -> ResumePoint:
 
     state, meta = load_state(Path(cfg.train.output_dir) / "resume")
     learner.load_state_dict(state)
-    return ResumePoint(meta["iteration"] + 1, meta["run_id"], meta.get("history", []), changes)
+    return ResumePoint(meta["iteration"] + 1, meta["run_id"], meta.get("history", []), changes,
+                       meta.get("prompt_cursor"))
 
 
 def fresh_start(cfg: Config) -> ResumePoint:

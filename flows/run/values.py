@@ -44,7 +44,8 @@ class Rollout:
     rows: "pd.DataFrame"  # the drawn problems, processed schema, one per prompt
     prompts: list[str]  # the rendered prompts, one per row
     result: "RolloutResult"  # the engine's groups; Group.prompt_index indexes `rows`
-    records: Path  # the iteration's rollout records (rank 0 writes every rank's groups)
+    records: Path | None  # the iteration's rollout records (rank 0 writes every rank's
+    # groups); None for a dynamic-sampling round not yet joined to its iteration's rollout
     metrics: dict[str, float]  # the engine's counts, completion lengths, time/rollout_s
 
 

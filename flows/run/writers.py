@@ -76,7 +76,8 @@ def save_resume_state(run: LiveRun, iteration: int) -> Path | None:
     if not distributed.is_main():
         return None
     meta = {"iteration": iteration, "run_id": run.tracker.run_id, "history": run.history,
-            "config": run.cfg.flat()}  # the recipe a resume must match (continuity)
+            "config": run.cfg.flat(),  # the recipe a resume must match (continuity)
+            "prompt_cursor": run.cursor}  # dynamic sampling draws a varying number
     return save_state(run.out_dir / "resume", state, meta)
 
 

@@ -1,7 +1,9 @@
 """One GRPO iteration's data plumbing, between the rollout engine and the update step.
 
 draw P prompts -> (engine samples G each) -> rewards (P, G) -> advantages (P, G)
--> optional zero-variance group filter (DAPO) -> a flat (B = P' * G) update batch.
+-> optional zero-variance group filter (DAPO) -> a flat (B = P' * G) update batch. With
+dynamic sampling (DAPO, arXiv 2503.14476, section 3.2) further prompts are drawn and sampled
+until P groups have reward variance (`informative_groups`, `refill_count`, `concat_results`).
 
 Pure functions of their inputs: no Prefect, MLflow or files, so the flow stays thin and the
 plumbing is tested on its own.
@@ -9,7 +11,7 @@ plumbing is tested on its own.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import pandas as pd
@@ -21,13 +23,22 @@ from grpo_core.rewards.answers import extract_number_answer, to_number
 from grpo_core.algorithm.batch import RolloutBatch, build_batch
 from grpo_core.rewards.functions import score
 
+if TYPE_CHECKING:
+    from grpo_core.rollout import RolloutResult
+
 
 def draw_prompts(mixture: pd.DataFrame, iteration: int, count: int, seed: int) -> pd.DataFrame:
-    """Rows for 1-based `iteration`: consecutive slices of one fixed shuffled order, wrapping
-    around (a fresh shuffle per pass). A function of (seed, iteration) only, so a resumed run
-    draws exactly what an uninterrupted run would have drawn."""
+    """Rows for 1-based `iteration` when every iteration draws `count`: positions
+    `(iteration - 1) * count` on of the run's prompt stream (`draw_prompts_at`)."""
+    return draw_prompts_at(mixture, (iteration - 1) * count, count, seed)
+
+
+def draw_prompts_at(mixture: pd.DataFrame, start: int, count: int, seed: int) -> pd.DataFrame:
+    """Rows at positions [start, start + count) of the run's prompt stream: consecutive slices
+    of one fixed shuffled order, wrapping around (a fresh shuffle per pass). A function of
+    (seed, start) only, so a resumed run that restores its position in the stream draws
+    exactly what an uninterrupted run would have drawn."""
     n = len(mixture)
-    start = (iteration - 1) * count
     orders: dict[int, np.ndarray] = {}  # one permutation per pass touched (usually one)
     picks = []
     for k in range(start, start + count):
@@ -36,6 +47,60 @@ def draw_prompts(mixture: pd.DataFrame, iteration: int, count: int, seed: int) -
             orders[epoch] = np.random.default_rng([seed, epoch]).permutation(n)
         picks.append(orders[epoch][pos])
     return mixture.iloc[picks].reset_index(drop=True)
+
+
+def concat_results(results: Sequence) -> "RolloutResult":
+    """Rollouts of consecutive prompt lists as one: each `prompt_index` (and skipped or
+    truncated index) is shifted by the prompts before it, so it indexes the lists joined."""
+    from dataclasses import replace
+
+    from grpo_core.rollout import RolloutResult
+
+    groups, skipped, truncated, offset = [], [], [], 0
+    for r in results:
+        groups += [replace(g, prompt_index=g.prompt_index + offset) for g in r.groups]
+        skipped += [i + offset for i in r.skipped]
+        truncated += [i + offset for i in r.truncated]
+        offset += r.num_prompts
+    return RolloutResult(tuple(groups), offset, tuple(skipped), tuple(truncated),
+                         sum(r.seconds for r in results))
+
+
+def informative_groups(rewards: Tensor, want: int | None = None) -> Tensor:
+    """`(P, G)` rewards -> `(P,)` bool: the groups with reward variance (the only ones with a
+    learning signal), at most the first `want` of them in draw order (None: all)."""
+    informative = ~zero_variance_groups(rewards)  # (P,)
+    if want is None:
+        return informative
+    return informative & (informative.long().cumsum(0) <= want)
+
+
+def refill_count(want: int, informative: int, drawn: int, most: int) -> int:
+    """Prompts to draw in the next dynamic-sampling round: the informative groups still
+    missing, divided by the share of drawn prompts that were informative so far (so that one
+    round is expected to fill the batch), between 1 and `most` prompts. No informative group
+    yet: `most`."""
+    missing = want - informative
+    if missing <= 0:
+        return 0
+    if informative == 0:
+        return most
+    return max(1, min(most, -(-missing * drawn // informative)))  # ceil(missing / share)
+
+
+def merged_reward_metrics(parts: Sequence[dict[str, float]], rewards: Tensor,
+                          per_fn: dict[str, Tensor]) -> dict[str, float]:
+    """The reward metrics of several scored rounds as if scored at once: failure and time-out
+    counts add up, means and spreads are over every completion. rewards: (P, G) joined."""
+    counts = {k: sum(m.get(k, 0.0) for m in parts) for m in parts for k in m
+              if k.endswith(("/failures", "/timeouts"))}
+    flat = rewards.reshape(-1).double()
+    if not flat.numel():
+        return counts
+    return {**counts, **{f"reward/{k}/mean": float(v.double().mean()) for k, v in per_fn.items()},
+            "reward/total/mean": float(flat.mean()),
+            "reward/total/std": float(flat.std(unbiased=False)),  # numpy's, as `score` gives
+            "reward/total/min": float(flat.min()), "reward/total/max": float(flat.max())}
 
 
 def rollout_metrics(result) -> dict[str, float]:

@@ -102,6 +102,10 @@ class RolloutConfig(Section):
     temperature: float = Field(default=0.8, gt=0.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(default=128, ge=1)
+    # dynamic sampling (DAPO): up to this many more rounds of prompts per iteration until
+    # prompts_per_iteration groups have reward variance; > 0 drops the groups without (as
+    # algorithm.filter_zero_variance); one process only
+    refill_rounds: int = Field(default=0, ge=0)
     stop: tuple[str, ...] = ()
     max_prompt_tokens: int = Field(default=512, ge=1)
     overlong_prompts: Literal["skip", "truncate"] = "skip"
