@@ -96,6 +96,10 @@ class Tracker:
     def has_step(self, key: str, step: int) -> bool:
         return any(m.step == step for m in self.client.get_metric_history(self.run_id, key))
 
+    def history(self, key: str) -> dict[int, float]:
+        """{step: value} of one metric."""
+        return {m.step: m.value for m in self.client.get_metric_history(self.run_id, key)}
+
     def last_step(self, key: str) -> int | None:
         history = self.client.get_metric_history(self.run_id, key)
         return max((m.step for m in history), default=None)

@@ -1,6 +1,7 @@
-"""The training flow: per iteration, rollout -> rewards -> advantages -> update -> weight sync
--> resume state -> MLflow; every K iterations a checkpoint and a quick evaluation; at the end
-the final model and a full evaluation.
+"""The training flow: per iteration, rollout -> rewards -> advantages -> rollout gate (GX
+checks that may stop the run) -> update -> weight sync -> resume state -> MLflow; every K
+iterations a checkpoint and a quick evaluation; at the end the final model and a full
+evaluation.
 
 Prefect tasks here are thin. Each returns a typed value (`flows.run.values`: the rollout, the
 scored batch, the metrics) that the flow body hands to the next task. The long-lived objects
@@ -29,7 +30,7 @@ import torch
 from prefect import flow, task
 from prefect.exceptions import TerminationSignal
 
-from flows.run import writers
+from flows.run import gates, writers
 from flows.run.console import Budget, headline, progress
 from flows.run.evaluation import baseline_records, evaluate_live, final_evaluation
 from flows.run.inputs import check_processed
@@ -154,6 +155,14 @@ def _advantaged(run, rollout: Rollout, rewards, per_fn, metrics: dict[str, float
     return ScoredBatch(rewards, per_fn, adv, adv_all, metrics)
 
 
+@task(name="gate", **THIN)
+def gate_task(key: str, rollout: Rollout, scored: ScoredBatch) -> ScoredBatch:
+    """Great Expectations on the iteration's filled records, before its update: a hard failure
+    ends the run here (nothing updated or saved), a soft one warns once; `scored` passes on
+    with the gate's metrics (flows.run.gates)."""
+    return gates.gated(LIVE[key], rollout, scored)
+
+
 @task(name="update", **THIN)
 def update_task(key: str, rollout: Rollout, scored: ScoredBatch) -> dict[str, float]:
     """One GRPO update on this iteration's rollouts (groups with zero reward variance are
@@ -196,6 +205,7 @@ def save_state_task(key: str, iteration: int) -> str:
 def log_task(key: str, rollout: Rollout, scored: ScoredBatch, metrics: dict[str, float]) -> None:
     writers.log_iteration(LIVE[key], rollout.iteration, metrics, records=rollout.records,
                           advantages=scored.advantages_all)  # every rank's groups
+    gates.watch_reward_hacking(LIVE[key], metrics)  # after a quick evaluation
 
 
 @task(name="checkpoint", **THIN)
@@ -292,6 +302,7 @@ def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, fl
     scored = call(reward_task, key, rollout)
     if LIVE[key].cfg.rollout.refill_rounds:
         rollout, scored = call(refill_task, key, rollout, scored)
+    scored = call(gate_task, key, rollout, scored)
     updated = call(update_task, key, rollout, scored)
     synced_s = call(sync_task, key)
     metrics = {**rollout.metrics, **scored.metrics, **updated, "time/sync_s": synced_s,

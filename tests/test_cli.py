@@ -25,7 +25,7 @@ def test_config_prints_resolved_tree_with_overrides(tmp_path):
     assert tree["algorithm"]["beta"] == 0.02
     assert tree["rollout"]["group_size"] == 4
     assert set(tree) == {"data", "validate", "checkpoint", "rollout", "reward", "algorithm",
-                         "train", "evaluate", "tracking", "promote"}
+                         "gates", "train", "evaluate", "tracking", "promote"}
 
 
 def test_user_error_is_one_line_exit_2_no_traceback(tmp_path):

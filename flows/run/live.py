@@ -43,6 +43,7 @@ class LiveRun:
     start_iteration: int = 1
     skipped_iterations: int = 0  # iterations none of whose prompts fit the prompt limit
     reward_watch: Any = None  # grpo_core.rewards.failures.FailureWatch, over the whole run
+    gate_said: set[str] = field(default_factory=set)  # the rollout-gate warnings given
     history: list[dict[str, float]] = field(default_factory=list)
     cursor: int = 0  # the next position in the run's prompt stream (draw_prompts_at)
 

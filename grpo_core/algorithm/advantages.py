@@ -92,6 +92,11 @@ ADVANTAGES: dict[str, AdvantageFn] = {
     "median_std": _median_std,
 }
 
+# The modes whose advantages sum to 0 in every group, which the rollout gate checks: a mean
+# baseline centres the group (grpo, dr_grpo, batch_std; rloo = G/(G-1) * (r - mean)), whatever
+# the scale. A median baseline does not: sum(r - median) = G * (mean - median).
+ZERO_SUM: frozenset[str] = frozenset({"grpo", "dr_grpo", "rloo", "batch_std"})
+
 
 def zero_variance_groups(rewards: Tensor) -> Tensor:
     """`(P, G)` rewards -> `(P,)` bool: True where every completion got the same reward."""

@@ -18,7 +18,7 @@ from grpo_core.errors import UserError
 
 MARKER = "run.json"
 # Sections that do not change what training does: a resume may change them freely.
-FREE_PREFIXES = ("evaluate.", "promote.")
+FREE_PREFIXES = ("evaluate.", "promote.", "gates.")
 Change = tuple[str, Any, Any]  # (dotted key, saved value, value now)
 
 

@@ -164,6 +164,30 @@ class AlgorithmConfig(Section):
     ref_refresh_every: int = Field(default=0, ge=0)  # 0 = never refresh the reference
 
 
+# ---------------------------------------------------------------------------- gates
+class GatesConfig(Section):
+    """Great Expectations on every iteration's rollout records, before its update
+    (grpo_core.rollout.gates). Hard checks stop the run: a reward that is not finite or
+    outside what the reward functions can score, a group's advantages not summing to 0 (the
+    mean-baseline modes: |sum| <= advantage_sum_tol * max(1, sum |A|)), a token count over
+    rollout.max_new_tokens or rollout.max_prompt_tokens. Soft ones warn once a run: a share
+    of the iteration's completions above its max_*_frac (1.0: never)."""
+
+    enabled: bool = True
+    advantage_sum_tol: float = Field(default=1e-3, gt=0.0)
+    # 1.0 by default: a small model's samples are often cut off at the budget (the tests'
+    # random ones always are); lower it for a model that should finish
+    max_truncated_frac: float = Field(default=1.0, ge=0.0, le=1.0)
+    max_empty_frac: float = Field(default=0.2, ge=0.0, le=1.0)
+    # final numbers that also end another prompt's completion: the healthy level rises with
+    # the prompts in the batch (dynamic sampling's dozens) and depends on the task
+    # (docs/experiments.md); a policy guessing one number for every question goes to 1
+    max_cross_prompt_answer_frac: float = Field(default=0.9, ge=0.0, le=1.0)
+    # warn when the training reward rose while the quick evaluation fell (every
+    # train.checkpoint_every iterations)
+    warn_reward_hacking: bool = True
+
+
 # ---------------------------------------------------------------------------- train
 class LoraConfig(Section):
     enabled: bool = False
@@ -263,6 +287,7 @@ class Config(Section):
     rollout: RolloutConfig = RolloutConfig()
     reward: RewardConfig = RewardConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    gates: GatesConfig = GatesConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     tracking: TrackingConfig = TrackingConfig()

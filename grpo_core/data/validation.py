@@ -69,7 +69,7 @@ def validate(paths: dict[str, Path], *, train_names: Sequence[str], eval_names: 
         raise UserError(f"validate: no processed file for {', '.join(unknown)} (run `grpo prepare`)")
     frames = {name: _read(Path(path)) for name, path in paths.items()}
     eval_keys = sorted({question_key(q) for n in eval_names for q in frames[n]["question"].dropna()})
-    runner = _Runner(sample_rows, docs_dir)
+    runner = Runner(sample_rows, docs_dir)
     report: dict[str, Any] = {"datasets": {}}
     for name, frame in frames.items():
         results = runner.run(name, frame, expectations(frame, min_chars, max_chars))
@@ -104,8 +104,10 @@ def _read(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: not a readable parquet file ({type(exc).__name__})") from None
 
 
-class _Runner:
-    """One ephemeral GX context for all datasets; each dataset is a dataframe asset."""
+class Runner:
+    """One ephemeral GX context for all datasets; each dataset is a dataframe asset. Also
+    the rollout gate's (`grpo_core.rollout.gates`): an expectation's `meta["check"]` names
+    what it checks in its summary (GX does not keep the suite's order in its results)."""
 
     def __init__(self, sample_rows: int, docs_dir: Optional[Path]):
         import great_expectations as gx
@@ -151,6 +153,10 @@ class _Runner:
         out = {"expectation": config.type, "column": config.kwargs.get("column"),
                "success": bool(r.success), "unexpected_count": int(res.get("unexpected_count") or 0),
                "example_ids": examples}
+        if (config.meta or {}).get("check"):
+            out["check"] = config.meta["check"]
+            values = res.get("partial_unexpected_list") or []
+            out["example_values"] = list(values)[: self.sample_rows]
         if config.type == "expect_table_columns_to_match_set" and not r.success:
             observed = set(res.get("observed_value") or [])
             out["missing_columns"] = sorted(set(SCHEMA) - observed)

@@ -36,6 +36,7 @@ import numpy as np
 from grpo_core.rewards.answers import (gsm8k_correct, gsm8k_intermediates, is_correct, last_boxed,
                                math_correct, numbers_in, to_number)
 from grpo_core.errors import UserError
+from grpo_core.rewards.ranges import bounded, scored_range
 
 RewardFn = Callable[..., Sequence[Optional[float]]]
 
@@ -279,14 +280,15 @@ def _load_reward_model(path: str):
     return model, tokenizer
 
 
+# each with the range it can score (`grpo_core.rewards.ranges`; the rollout gate checks it)
 REWARDS: dict[str, RewardFn] = {
-    "gsm8k_accuracy": gsm8k_accuracy,
-    "math_accuracy": math_accuracy,
-    "accuracy": accuracy,
-    "gsm8k_steps": gsm8k_steps,
-    "format": format_reward,
-    "soft_overlong": soft_overlong,
-    "reward_model": reward_model,
+    "gsm8k_accuracy": bounded(gsm8k_accuracy, 0.0, 1.0),
+    "math_accuracy": bounded(math_accuracy, 0.0, 1.0),
+    "accuracy": bounded(accuracy, 0.0, 1.0),
+    "gsm8k_steps": bounded(gsm8k_steps, 0.0, 1.0),  # an F1 score
+    "format": bounded(format_reward, 0.0, 1.0),
+    "soft_overlong": bounded(soft_overlong, -1.0, 0.0),
+    "reward_model": reward_model,  # a logit: no range, only finiteness is checked
 }
 
 
@@ -311,6 +313,8 @@ def resolve(name: str) -> RewardFn:
 def check_functions(names: Sequence[str], reward_model_dir: Optional[str] = None) -> dict[str, RewardFn]:
     """Resolve every configured function at start-up, so a typo fails before any rollout."""
     fns = {name: resolve(name) for name in names}
+    for name, fn in fns.items():
+        scored_range(name, fn)  # a malformed `reward_range` fails here too
     if "reward_model" in fns:
         if reward_model_dir is None:
             raise UserError("reward.functions has reward_model but reward.reward_model is not set")

@@ -14,8 +14,8 @@ import pandas as pd
 from grpo_core.rollout import RolloutResult
 
 COLUMNS = ("iteration", "prompt_id", "prompt_index", "sample_index", "prompt", "completion",
-           "completion_tokens", "finish_reason", "logprob_sum", "prompt_truncated", "reward",
-           "advantage")
+           "completion_tokens", "finish_reason", "logprob_sum", "prompt_truncated",
+           "prompt_tokens", "reward", "advantage")
 
 
 def to_frame(iteration: int, prompt_ids: list[str], prompts: list[str],
@@ -28,14 +28,14 @@ def to_frame(iteration: int, prompt_ids: list[str], prompts: list[str],
     rows = [
         (iteration, str(prompt_ids[g.prompt_index]), g.prompt_index, k, prompts[g.prompt_index],
          c.text, len(c.token_ids), c.finish_reason, c.logprob_sum, g.truncated,
-         float("nan"), float("nan"))
+         len(g.prompt_ids), float("nan"), float("nan"))
         for g in result.groups for k, c in enumerate(g.completions)
     ]
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
     return frame.astype({"iteration": "int64", "prompt_index": "int64", "sample_index": "int64",
                          "completion_tokens": "int64", "logprob_sum": "float64",
-                         "prompt_truncated": "bool", "reward": "float64",
-                         "advantage": "float64"})
+                         "prompt_truncated": "bool", "prompt_tokens": "int64",
+                         "reward": "float64", "advantage": "float64"})
 
 
 def records_path(out_dir: str | Path, iteration: int) -> Path:
