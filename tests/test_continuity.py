@@ -54,6 +54,13 @@ def test_recipe_changes_compare_json_values_and_skip_the_free_sections():
     assert recipe_changes(None, now) == []  # a state saved before recipes were saved
 
 
+def test_a_setting_added_since_the_state_was_saved_counts_as_its_default():
+    older = {k: v for k, v in Config().flat().items() if k != "rollout.refill_rounds"}
+    assert recipe_changes(older, Config().flat()) == []
+    now = Config.model_validate({"rollout": {"refill_rounds": 2}}).flat()
+    assert recipe_changes(older, now) == [("rollout.refill_rounds", 0, 2)]
+
+
 def test_a_change_is_refused_unless_named_and_a_misspelt_name_is_an_error():
     keys = Config().flat()
     changes = [("rollout.group_size", 2, 4), ("train.iterations", 3, 5)]

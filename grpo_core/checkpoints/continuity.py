@@ -68,10 +68,15 @@ def check_resumable(marker: dict | None, meta: dict | None, state_dir: str | Pat
 
 def recipe_changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[Change]:
     """The config keys (outside FREE_PREFIXES) whose value differs from the saved recipe.
-    saved / now: `Config.flat()`; a state saved without its config compares as unchanged."""
+    saved / now: `Config.flat()`; a state saved without its config compares as unchanged,
+    and a key the saved recipe lacks (a setting added since) as its default: the run that
+    saved it behaved as the default does."""
+    from grpo_core.config import Config
+
     if saved is None:
         return []
-    saved, now = _plain(saved), _plain(now)
+    saved = {**_plain(Config().flat()), **_plain(saved)}
+    now = _plain(now)
     keys = sorted(set(saved) | set(now))
     return [(k, saved.get(k), now.get(k)) for k in keys
             if not k.startswith(FREE_PREFIXES) and saved.get(k) != now.get(k)]
