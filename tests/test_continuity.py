@@ -59,6 +59,11 @@ def test_a_setting_added_since_the_state_was_saved_counts_as_its_default():
     assert recipe_changes(older, Config().flat()) == []
     now = Config.model_validate({"rollout": {"refill_rounds": 2}}).flat()
     assert recipe_changes(older, now) == [("rollout.refill_rounds", 0, 2)]
+    # a mapping's entries are the user's, not defaults to fill in
+    mine = Config.model_validate({"reward": {"functions": {"myrewards:vowels": 1.0}}}).flat()
+    assert recipe_changes(mine, mine) == []
+    assert recipe_changes(mine, Config().flat()) == [
+        ("reward.functions.accuracy", None, 1.0), ("reward.functions.myrewards:vowels", 1.0, None)]
 
 
 def test_a_change_is_refused_unless_named_and_a_misspelt_name_is_an_error():

@@ -69,17 +69,25 @@ def check_resumable(marker: dict | None, meta: dict | None, state_dir: str | Pat
 def recipe_changes(saved: dict[str, Any] | None, now: dict[str, Any]) -> list[Change]:
     """The config keys (outside FREE_PREFIXES) whose value differs from the saved recipe.
     saved / now: `Config.flat()`; a state saved without its config compares as unchanged,
-    and a key the saved recipe lacks (a setting added since) as its default: the run that
-    saved it behaved as the default does."""
+    and a setting the saved recipe has no key for at all (one added since) as its default:
+    the run that saved it behaved as the default does. Only whole settings (`section.field`)
+    are filled in: the entries of a mapping (reward.functions.<name>) are the user's."""
     from grpo_core.config import Config
 
     if saved is None:
         return []
-    saved = {**_plain(Config().flat()), **_plain(saved)}
-    now = _plain(now)
+    saved = _plain(saved)
+    had = {_setting(k) for k in saved}
+    added = {k: v for k, v in _plain(Config().flat()).items() if _setting(k) not in had}
+    saved, now = {**added, **saved}, _plain(now)
     keys = sorted(set(saved) | set(now))
     return [(k, saved.get(k), now.get(k)) for k in keys
             if not k.startswith(FREE_PREFIXES) and saved.get(k) != now.get(k)]
+
+
+def _setting(key: str) -> str:
+    """`reward.functions.accuracy` -> `reward.functions`: the setting a flat key is under."""
+    return ".".join(key.split(".")[:2])
 
 
 def allowed_changes(changes: list[Change], allowed: Iterable[str], known: Iterable[str]
