@@ -331,6 +331,7 @@ def check_engine_sync(ctx: dict) -> dict:
                for _ in range(shape["prompts"])]
     sampling = SamplingSettings(temperature=TEMPERATURE, top_p=1.0, max_new_tokens=shape["new_tokens"])
     iterations, tol = [], TOL["engine_logp"][dtype]
+    previous = None  # the learner before iteration 0's update, for iteration 1
     for it in range(2):
         batch = to_batch(engine.generate(prompts, shape["group"], sampling))
         row = {"iteration": it, "logp": logp_gap(learner.model, batch, dev, dtype)}

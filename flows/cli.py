@@ -188,17 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"grpo: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as exc:
-        if isinstance(exc, Terminated):
+    except BaseException as exc:  # SIGTERM (ours or Prefect's), then Ctrl-C
+        if _is_termination(exc):
             print("grpo: terminated", file=sys.stderr)
             return 128 + signal.SIGTERM
-        print("grpo: interrupted", file=sys.stderr)
-        return 130
-    except BaseException as exc:
-        if not _is_termination(exc):
-            raise
-        print("grpo: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
+        if isinstance(exc, KeyboardInterrupt):
+            print("grpo: interrupted", file=sys.stderr)
+            return 130
+        raise
 
 
 if __name__ == "__main__":
