@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from flows import signals
+from flows.signals import is_termination
 from grpo_core.config import DEFAULT_PARAMS, Config, dump_yaml, load_config
 from grpo_core.env import apply_defaults
 from grpo_core.errors import UserError
@@ -135,28 +137,9 @@ class _NoUserErrorTraceback(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and (isinstance(record.exc_info[1], (UserError, KeyboardInterrupt))
-                                or _is_termination(record.exc_info[1])):
+                                or is_termination(record.exc_info[1])):
             record.exc_info, record.exc_text = None, None
         return True
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler, `kill`, a container stopping) ends a run as Ctrl-C does: the
-    MLflow run is marked KILLED and the state stays resumable, instead of the process
-    vanishing with its run still RUNNING."""
-
-
-def _terminated(signum: int, frame: Any) -> None:
-    raise Terminated()
-
-
-def _is_termination(exc: BaseException | None) -> bool:
-    """Our SIGTERM, or Prefect's (inside a flow run Prefect turns SIGTERM into its own
-    TerminationSignal); prefect is looked up, not imported, to keep `grpo --help` fast."""
-    prefect_exceptions = sys.modules.get("prefect.exceptions")
-    return isinstance(exc, Terminated) or (
-        prefect_exceptions is not None
-        and isinstance(exc, prefect_exceptions.TerminationSignal))
 
 
 def _config_source(params: str, overrides: list[str]) -> str:
@@ -180,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         command = COMMANDS[args.command]
         if command.flow:  # a run says what it was configured by
             print(f"config: {_config_source(args.params, args.overrides)}", file=sys.stderr)
-            signal.signal(signal.SIGTERM, _terminated)
+            signals.install()
         status = _resolve(command.target)(cfg, args)
         return int(status or 0)
     except UserError as exc:
@@ -189,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"grpo: error: {exc}", file=sys.stderr)
         return 2
     except BaseException as exc:  # SIGTERM (ours or Prefect's), then Ctrl-C
-        if _is_termination(exc):
+        if is_termination(exc):
             print("grpo: terminated", file=sys.stderr)
             return 128 + signal.SIGTERM
         if isinstance(exc, KeyboardInterrupt):

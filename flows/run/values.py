@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from prefect.cache_policies import NO_CACHE
 from prefect.utilities.annotations import opaque
 
+from flows import signals
 from grpo_core.errors import UserError
 from grpo_core.parallel import distributed
 
@@ -62,7 +63,9 @@ class ScoredBatch:
 
 def call(task_obj, *args: Any, **kwargs: Any):
     """A task as a Prefect task run on rank 0, its arguments `opaque` to Prefect; the plain
-    function on the other ranks (one flow run per job: no task runs there)."""
+    function on the other ranks (one flow run per job: no task runs there). A Ctrl-C or
+    SIGTERM that Prefect swallowed ends the run here, before the next task."""
+    signals.raise_pending()
     if not distributed.is_main():
         return task_obj.fn(*args, **kwargs)
     return task_obj(*(opaque(a) for a in args), **{k: opaque(v) for k, v in kwargs.items()})
