@@ -1,4 +1,5 @@
-"""Dynamic sampling (rollout.refill_rounds, DAPO section 3.2) against the default, back to back.
+"""Dynamic sampling (rollout.refill_rounds, DAPO section 3.2) and adaptive group size
+(rollout.min_group_size) against the default, back to back.
 
 The bundled SmolLM2-135M-Instruct on GSM8K train with the accuracy reward: most groups of 8
 samples are all wrong, so most of a default update's groups carry no signal. Each arm is the
@@ -6,14 +7,18 @@ product's own `grpo train --no-eval` for the same iterations from the same check
 seed; the figures come from its MLflow metrics:
 
 - informative groups per update (groups with reward variance that the update trains on: all
-  of them by default, at most P with dynamic sampling), and their share of P;
+  of them by default and with adaptive groups, at most P with dynamic sampling), and their
+  share of P;
 - completions sampled per informative group trained on (the cost of the signal), and seconds
   per iteration and per informative group.
+
+Arms: `default` (P 4 x G 8), `refill` (refill_rounds N), `adaptive` (groups of 4 doubling to
+16 while they have no reward variance, within 8 completions per prompt: the default's budget).
 
 Learning speed (held-out accuracy against time) is not measured here: that needs the
 evaluation of bench/learning.py on top (docs/experiments.md says what was run).
 
-    .venv/bin/python bench/dynamic_sampling.py [--iterations 5] [--refill-rounds 2]
+    .venv/bin/python bench/dynamic_sampling.py [--iterations 5] [--refill-rounds 2] [--arms default,adaptive]
 """
 
 from __future__ import annotations
@@ -33,10 +38,17 @@ KEYS = ("groups/", "rollout/completions", "rollout/prompts_drawn", "rollout/roun
         "time/iteration_s", "reward/total/mean")
 
 
-def params(root: Path, iterations: int, refill_rounds: int) -> dict:
+def arms(refill_rounds: int) -> dict[str, dict]:
+    """Each arm's rollout settings over the defaults."""
+    return {"default": {},
+            "refill": {"refill_rounds": refill_rounds},
+            "adaptive": {"min_group_size": 4, "group_size": 16, "samples_per_prompt": 8}}
+
+
+def params(root: Path, iterations: int, rollout: dict) -> dict:
     p = yaml.safe_load((REPO / "params.yaml").read_text())
     p["data"].update(dir=data_dir(), train=[{"name": "gsm8k", "split": "train", "rows": None}])
-    p["rollout"].update(refill_rounds=refill_rounds)
+    p["rollout"].update(rollout)
     p["reward"].update(functions={"accuracy": 1.0})
     p["train"].update(iterations=iterations, max_minutes=None, checkpoint_every=10_000,
                       resume_every=10_000)
@@ -45,17 +57,18 @@ def params(root: Path, iterations: int, refill_rounds: int) -> dict:
     return p
 
 
-def arm(root: Path, iterations: int, refill_rounds: int) -> dict:
-    grpo_project(root, params(root, iterations, refill_rounds))
+def arm(root: Path, name: str, iterations: int, rollout: dict) -> dict:
+    grpo_project(root, params(root, iterations, rollout))
     h = {k: dict(v) for k, v in mlflow_history(root, "dynamic_sampling", KEYS).items()}
-    want = params(root, iterations, refill_rounds)["rollout"]["prompts_per_iteration"]
+    want = params(root, iterations, rollout)["rollout"]["prompts_per_iteration"]
     steps = sorted(h["groups/informative"])
-    trained = [h["groups/informative"][s] if not refill_rounds
+    refill = rollout.get("refill_rounds", 0)
+    trained = [h["groups/informative"][s] if not refill
                else min(h["groups/informative"][s], want) for s in steps]
     completions = [h["rollout/completions"][s] for s in steps]
     seconds = [h["time/iteration_s"][s] for s in steps]
     return {
-        "refill_rounds": refill_rounds, "iterations": len(steps), "prompts_per_iteration": want,
+        "arm": name, "rollout": rollout, "iterations": len(steps), "prompts_per_iteration": want,
         "informative_trained_per_update": trained,
         "informative_share_of_p": sum(trained) / (want * len(steps)),
         "completions_per_iteration": completions,
@@ -72,14 +85,20 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--refill-rounds", type=int, default=2)
+    ap.add_argument("--arms", default="default,refill,adaptive",
+                    help="comma-separated, run in this order: default, refill, adaptive")
     ap.add_argument("--root", default="/tmp/grpo-dynamic-sampling")
     args = ap.parse_args()
-    root = Path(args.root)
-    arms = [arm(root / f"refill_{n}", args.iterations, n) for n in (0, args.refill_rounds)]
-    out = {"date": datetime.date.today().isoformat(), "load_avg": load_avg(), "arms": arms}
-    save_json(out, RESULTS / f"dynamic_sampling_{out['date']}.json")
-    for a in arms:
-        print(f"refill_rounds {a['refill_rounds']}: informative groups trained per update "
+    root, known = Path(args.root), arms(args.refill_rounds)
+    names = args.arms.split(",")
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        ap.error(f"--arms: unknown {', '.join(unknown)} (known: {', '.join(known)})")
+    results = [arm(root / name, name, args.iterations, known[name]) for name in names]
+    out = {"date": datetime.date.today().isoformat(), "load_avg": load_avg(), "arms": results}
+    save_json(out, RESULTS / f"dynamic_sampling_{out['date']}_{'_'.join(names)}.json")
+    for a in results:
+        print(f"{a['arm']} {a['rollout']}: informative groups trained per update "
               f"{a['informative_trained_per_update']} ({a['informative_share_of_p']:.0%} of P), "
               f"{a['completions_per_informative_group']:.0f} completions per informative group, "
               f"{a['seconds_per_iteration_median']:.0f} s per iteration (median), "

@@ -33,13 +33,15 @@ from prefect.exceptions import TerminationSignal
 from flows.run import gates, writers
 from flows.run.console import Budget, headline, progress
 from flows.run.evaluation import baseline_records, evaluate_live, final_evaluation
+from flows.run.growth import grow
 from flows.run.inputs import check_processed
-from flows.run.live import LIVE, close_run, open_run, restart_engine
+from flows.run.live import LIVE, close_run, open_run
+from flows.run.sampling import part_metrics, refill, sample
 from flows.run.values import THIN, Rollout, ScoredBatch, call
-from grpo_core.algorithm.experience import (advantages_for, concat_results, draw_prompts_at,
-                                            informative_groups, merged_reward_metrics,
-                                            record_columns, refill_count, rollout_metrics,
-                                            score_groups, update_batch)
+from flows.run.scoring import score_part
+from grpo_core.algorithm.adaptive import group_sizes, valid_mask
+from grpo_core.algorithm.experience import (advantages_for, informative_groups, record_columns,
+                                            update_batch)
 from grpo_core.config import Config, load_config
 from grpo_core.errors import UserError
 from grpo_core.parallel import distributed
@@ -48,111 +50,66 @@ from grpo_core.rewards.functions import check_functions
 
 @task(name="rollout", retries=2, retry_delay_seconds=1, **THIN)
 def rollout_task(key: str, iteration: int) -> Rollout:
-    """Sample G completions for P prompts; the engine is rebuilt if it died (then retried)."""
+    """Sample G completions (G_min with adaptive group size) for P prompts; the engine is
+    rebuilt if it died (then retried)."""
     run = LIVE[key]
     rollout = sample(run, iteration, run.cfg.rollout.prompts_per_iteration)
     records = writers.write_records(run, iteration, rollout.rows, rollout.prompts, rollout.result)
     return replace(rollout, records=records)
 
 
-def sample(run, iteration: int, count: int, round_: int = 0) -> Rollout:
-    """`count` prompts from the run's position in its prompt stream (advanced once they are
-    sampled, so a retried task draws the same ones), G completions each; no records yet."""
-    cfg = run.cfg.rollout
-    rows = draw_prompts_at(run.mixture, run.cursor, count, run.cfg.data.seed)
-    rows = rows.iloc[distributed.shard_range(len(rows))].reset_index(drop=True)  # whole groups
-    prompts = run.render(rows["question"].tolist())
-    try:
-        result = run.engine.generate(prompts, cfg.group_size, run.sampling(iteration, round_))
-    except Exception:
-        restart_engine(run)  # a fresh engine with the current policy weights
-        raise
-    run.cursor += count
-    return Rollout(iteration, rows, prompts, result, None, _rollout_metrics(result, 1))
+@task(name="grow", retries=2, retry_delay_seconds=1, **THIN)
+def grow_task(key: str, rollout: Rollout, scored: ScoredBatch) -> tuple[Rollout, ScoredBatch]:
+    """Adaptive group size: the groups without reward variance get more samples (doubling up
+    to group_size, within rollout.samples_per_prompt), scored; then the records rewritten
+    and the advantages of the ragged groups (flows.run.growth)."""
+    start, run = time.perf_counter(), LIVE[key]
+    grown, rewards, per_fn, metrics = grow(run, rollout, scored.rewards, scored.per_function,
+                                           scored.metrics)
+    records = writers.write_records(run, grown.iteration, grown.rows, grown.prompts, grown.result)
+    grown = replace(grown, records=records,
+                    metrics={**grown.metrics, **part_metrics(grown.result, 1)})
+    metrics["time/grow_s"] = time.perf_counter() - start
+    return grown, _advantaged(run, grown, rewards, per_fn, metrics)
 
 
 @task(name="refill", **THIN)
 def refill_task(key: str, rollout: Rollout, scored: ScoredBatch) -> tuple[Rollout, ScoredBatch]:
-    """DAPO's dynamic sampling: while fewer than P groups have reward variance, draw more
-    prompts from the stream (as many as the informative share so far says will fill the
-    batch, at most 4 P a round), sample and score them, for up to rollout.refill_rounds
-    rounds; then one rollout of everything drawn, scored, its records rewritten. The update
-    keeps the first P informative groups (train on what there is if the rounds run out)."""
-    began = time.perf_counter()
-    run = LIVE[key]
-    want = run.cfg.rollout.prompts_per_iteration
-    parts, scores = [rollout], [(scored.rewards, scored.per_function, scored.metrics)]
-    informative, drawn = int(informative_groups(scored.rewards).sum()), len(rollout.rows)
-    for round_ in range(1, run.cfg.rollout.refill_rounds + 1):
-        count = refill_count(want, informative, drawn, most=4 * want)
-        if count == 0:
-            break
-        extra = sample(run, rollout.iteration, count, round_)
-        rewards, per_fn, metrics = _scores(run, extra)
-        parts.append(extra)
-        scores.append((rewards, per_fn, metrics))
-        informative, drawn = informative + int(informative_groups(rewards).sum()), drawn + count
-    merged = _joined(run, parts)
-    rewards = torch.cat([r for r, _, _ in scores])  # (P_drawn, G)
-    per_fn = {k: torch.cat([p[k] for _, p, _ in scores]) for k in scores[0][1]}
-    metrics = merged_reward_metrics([m for _, _, m in scores], rewards, per_fn)
-    metrics["time/refill_s"] = time.perf_counter() - began
-    return merged, _advantaged(run, merged, rewards, per_fn, metrics, time.perf_counter())
-
-
-def _joined(run, parts: list[Rollout]) -> Rollout:
-    """The rounds of one iteration as one rollout, with its records rewritten."""
-    import pandas as pd
-
-    first = parts[0]
-    rows = pd.concat([p.rows for p in parts], ignore_index=True)
-    prompts = [q for p in parts for q in p.prompts]
-    result = concat_results([p.result for p in parts])
-    records = writers.write_records(run, first.iteration, rows, prompts, result)
-    return Rollout(first.iteration, rows, prompts, result, records,
-                   _rollout_metrics(result, len(parts)))
-
-
-def _rollout_metrics(result, rounds: int) -> dict[str, float]:
-    return rollout_metrics(result) | {"time/rollout_s": result.seconds,
-                                      "rollout/rounds": float(rounds),
-                                      "rollout/prompts_drawn": float(result.num_prompts)}
+    """DAPO's dynamic sampling: rounds of further prompts while fewer than P groups have
+    reward variance (flows.run.sampling.refill), then one rollout of everything drawn, its
+    records rewritten, and its advantages. The update keeps the first P informative groups
+    (train on what there is if the rounds run out)."""
+    began, run = time.perf_counter(), LIVE[key]
+    merged, rewards, per_fn, metrics = refill(run, rollout, scored)
+    metrics = {**scored.metrics, **metrics, "time/refill_s": time.perf_counter() - began}
+    return merged, _advantaged(run, merged, rewards, per_fn, metrics)
 
 
 @task(name="reward", **THIN)
 def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
     """Score every completion, compute group advantages, fill them into the records."""
     start = time.perf_counter()
-    rewards, per_fn, metrics = _scores(LIVE[key], rollout)
-    return _advantaged(LIVE[key], rollout, rewards, per_fn, metrics, start)
+    rewards, per_fn, metrics = score_part(LIVE[key], rollout.rows, rollout.prompts, rollout.result)
+    scored = _advantaged(LIVE[key], rollout, rewards, per_fn, metrics)
+    scored.metrics["time/reward_s"] = time.perf_counter() - start
+    return scored
 
 
-def _scores(run, rollout: Rollout):
-    """(rewards (P, G), {function: (P, G)}, metrics); failing functions are reported."""
-    cfg = run.cfg
-    errors: dict[str, str] = {}  # each failing function's first failure
-    rewards, per_fn, metrics = score_groups(
-        rollout.result, rollout.rows, weights=dict(cfg.reward.functions),
-        time_limit_s=cfg.reward.timeout_s, max_new_tokens=cfg.rollout.max_new_tokens,
-        overlong_buffer=cfg.reward.overlong_buffer, prompts=rollout.prompts,
-        answer_format=cfg.reward.answer_format, reward_model_dir=cfg.reward.reward_model,
-        reward_model_batch_size=cfg.reward.reward_model_batch_size, errors=errors)
-    writers.report_reward_failures(run, metrics, errors, rewards.numel())
-    return rewards, per_fn, metrics
-
-
-def _advantaged(run, rollout: Rollout, rewards, per_fn, metrics: dict[str, float],
-                start: float) -> ScoredBatch:
+def _advantaged(run, rollout: Rollout, rewards, per_fn, metrics: dict[str, float]) -> ScoredBatch:
     """Group advantages of scored groups (over every rank's), filled into the records."""
     cfg = run.cfg
+    valid = valid_mask(group_sizes(rollout.result), rewards.shape[1])  # (P', G)
     everything, mine = distributed.gather_groups(rewards)  # (P, G) over all ranks
-    adv_all, adv_metrics = advantages_for(everything, cfg.algorithm.advantage, cfg.algorithm.eps)
+    # ragged groups (adaptive group size) run on one process only: there valid is everything's
+    valid_all = valid if distributed.world() == 1 else None
+    adv_all, adv_metrics = advantages_for(everything, cfg.algorithm.advantage, cfg.algorithm.eps,
+                                          valid_all)
     adv = adv_all[mine]  # this rank's groups; batch_std used the batch-wide std
     writers.fill_records(run, rollout.iteration, rollout.records,
                          record_columns(rollout.result, rewards, per_fn, adv))
     metrics.update(adv_metrics)
-    metrics["time/reward_s"] = time.perf_counter() - start
-    return ScoredBatch(rewards, per_fn, adv, adv_all, metrics)
+    flat_all = adv_all.reshape(-1) if valid_all is None else adv_all[valid_all]
+    return ScoredBatch(rewards, per_fn, adv, flat_all, metrics, valid)
 
 
 @task(name="gate", **THIN)
@@ -170,14 +127,14 @@ def update_task(key: str, rollout: Rollout, scored: ScoredBatch) -> dict[str, fl
     which also keeps only the first P informative groups); the update's metrics."""
     run = LIVE[key]
     algo, refill = run.cfg.algorithm, run.cfg.rollout.refill_rounds
-    keep = (informative_groups(scored.rewards, run.cfg.rollout.prompts_per_iteration) if refill
-            else informative_groups(scored.rewards) if algo.filter_zero_variance else None)
+    informative = informative_groups(scored.rewards, valid=scored.valid)  # (P',)
+    keep = (informative_groups(scored.rewards, run.cfg.rollout.prompts_per_iteration, scored.valid)
+            if refill else informative if algo.filter_zero_variance else None)
     batch = update_batch(rollout.result, scored.advantages, pad_id=run.pad_id, keep=keep,
                          use_sampler_logprobs=algo.tis_cap is not None)
     filtered = float((~keep).sum()) if keep is not None else 0.0
     metrics = {"groups/filtered": float(distributed.all_reduce(torch.tensor(filtered))),
-               "groups/informative": float(distributed.all_reduce(
-                   informative_groups(scored.rewards).sum().float()))}
+               "groups/informative": float(distributed.all_reduce(informative.sum().float()))}
     if not distributed.any_rank(batch is not None):  # all filtered: the schedule moves on
         run.learner.skip_iteration()
         return metrics | {"update/skipped_empty": 1.0}
@@ -300,6 +257,8 @@ def run_iteration(key: str, it: int) -> tuple[Rollout, ScoredBatch, dict[str, fl
         skipped_iteration(LIVE[key], it)
         return None
     scored = call(reward_task, key, rollout)
+    if LIVE[key].cfg.rollout.min_group_size:
+        rollout, scored = call(grow_task, key, rollout, scored)
     if LIVE[key].cfg.rollout.refill_rounds:
         rollout, scored = call(refill_task, key, rollout, scored)
     scored = call(gate_task, key, rollout, scored)
@@ -327,6 +286,10 @@ def cli(cfg: Config, args: argparse.Namespace) -> int:
         raise UserError(f"rollout.refill_rounds={cfg.rollout.refill_rounds}: dynamic sampling "
                         f"runs on one process for now (the ranks would need to agree on every "
                         f"round); set it to 0 under torchrun")
+    if cfg.rollout.min_group_size and distributed.world() > 1:
+        raise UserError(f"rollout.min_group_size={cfg.rollout.min_group_size}: adaptive group "
+                        f"size runs on one process for now (the ranks would gather groups of "
+                        f"different sizes); set it to null under torchrun")
     check_processed(cfg)  # and before Prefect's server starts
     check_functions(list(cfg.reward.functions), cfg.reward.reward_model)
     entry = train_flow if distributed.is_main() else train_flow.fn  # one Prefect flow run

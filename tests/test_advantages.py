@@ -105,6 +105,11 @@ def test_vectorised_equals_loop_reference(mode):
 
 
 def _loop_reference(rows, mode, eps):
+    return torch.tensor(loop_advantages(rows, mode, eps), dtype=torch.float64)
+
+
+def loop_advantages(rows, mode, eps):
+    """Each group's advantages from its own list of rewards (rows may differ in length)."""
     flat = [r for row in rows for r in row]
     batch_mean = sum(flat) / len(flat)
     batch_std = math.sqrt(sum((r - batch_mean) ** 2 for r in flat) / (len(flat) - 1))
@@ -129,7 +134,7 @@ def _loop_reference(rows, mode, eps):
             out.append([(r - mean) / (batch_std + eps) for r in row])
         else:
             raise AssertionError(f"no loop reference for advantage mode {mode!r}")
-    return torch.tensor(out, dtype=torch.float64)
+    return out
 
 
 def test_nan_rewards_rejected_with_location():

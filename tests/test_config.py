@@ -58,6 +58,9 @@ RULES = [
     ("rollout.top_p=1.5", "rollout.top_p must be <= 1.0, got 1.5"),
     ("rollout.max_new_tokens=0", "rollout.max_new_tokens must be >= 1, got 0"),
     ("rollout.refill_rounds=-1", "rollout.refill_rounds must be >= 0, got -1"),
+    ("rollout.min_group_size=1", "rollout.min_group_size must be >= 2, got 1"),
+    ("rollout.min_group_size=16", "rollout: min_group_size (16) must be <= group_size (8)"),
+    ("rollout.samples_per_prompt=0", "rollout.samples_per_prompt must be > 0.0, got 0"),
     ("rollout.max_prompt_tokens=0", "rollout.max_prompt_tokens must be >= 1, got 0"),
     ("rollout.overlong_prompts=drop",
      "rollout.overlong_prompts must be one of 'skip' or 'truncate', got 'drop'"),
@@ -376,3 +379,12 @@ def test_params_yaml_spells_out_the_built_in_defaults():
     """The schema holds the defaults; params.yaml writes them out for DVC and the reader. A
     value changed in one and not the other would make `grpo` with and without the file differ."""
     assert load_config(REPO / "params.yaml").flat() == Config().flat()
+
+
+def test_adaptive_group_budget_below_its_first_round_is_refused():
+    with pytest.raises(UserError) as err:
+        load_config(None, ["rollout.min_group_size=4", "rollout.samples_per_prompt=3"])
+    assert str(err.value) == ("--set rollout.samples_per_prompt=3: rollout: samples_per_prompt "
+                              "(3) must be >= min_group_size (4): the first round alone spends that")
+    cfg = load_config(None, ["rollout.min_group_size=4", "rollout.samples_per_prompt=6"])
+    assert (cfg.rollout.min_group_size, cfg.rollout.samples_per_prompt) == (4, 6.0)

@@ -99,3 +99,11 @@ def test_fsdp2_job_trains_the_same_policy_as_replicas(replicated, fsdp2_project,
     client = MlflowClient(tracking_uri=f"sqlite:///{fsdp2_project / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs) == 1 and runs[0].data.params["train.data_parallel"] == "fsdp2"
+
+
+@pytest.mark.parametrize("setting, what", [("rollout.refill_rounds=2", "dynamic sampling"),
+                                           ("rollout.min_group_size=2", "adaptive group size")])
+def test_one_process_features_are_refused_under_torchrun(project, setting, what):
+    out = torchrun_grpo(project, "--set", setting, "train")
+    assert out.returncode != 0
+    assert f"grpo: error: {setting}: {what} runs on one process for now" in out.stderr

@@ -172,7 +172,7 @@ def test_reward_metrics_of_rounds_equal_scoring_everything_at_once():
     total, per_fn, expected = score(texts, answers=answers, **kwargs)
     rewards = torch.cat([torch.as_tensor(t, dtype=torch.float32) for t, _, _ in rounds]).reshape(3, 2)
     per = {k: torch.cat([torch.as_tensor(p[k], dtype=torch.float32) for _, p, _ in rounds])
-           for k in per_fn}
+           .reshape(3, 2) for k in per_fn}
     got = merged_reward_metrics([m for _, _, m in rounds], rewards, per)
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, abs=1e-6), key

@@ -21,13 +21,15 @@ ITERATIONS = 8
 
 
 # Signal for about half the problems only (the others' groups are all 0): what dynamic
-# sampling refills
+# sampling refills and adaptive group size grows (both at once: the round of refill draws grow
+# too); groups start at 2 and double up to 8, within 5 completions per drawn prompt
 SPARSE_REWARD = """
 def sparse(completions, questions, **_):
     return [v if len(q) % 2 == 0 else 0.0 for v, q in zip(vowels(completions), questions)]
 """
 REFILL = {"reward": {"functions": {"myrewards:sparse": 1.0}},
-          "rollout": {"refill_rounds": 3}}
+          "rollout": {"refill_rounds": 3, "min_group_size": 2, "group_size": 8,
+                      "samples_per_prompt": 5}}
 
 
 def _project(root: Path, sft: Path, data: Path, **sections) -> Path:
@@ -44,7 +46,7 @@ def _kill_at_rollout(root: Path, iteration: int) -> int:
     return json.loads((root / "models" / "grpo" / "resume" / "meta.json").read_text())["iteration"]
 
 
-@pytest.mark.parametrize("sections", [{}, REFILL], ids=["fixed", "dynamic_sampling"])
+@pytest.mark.parametrize("sections", [{}, REFILL], ids=["fixed", "refilled_and_grown"])
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_dir, data_dir,
                                                            sections):
     killed = tmp_path / "killed"
@@ -63,7 +65,8 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_di
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     for key in ("reward/total/mean", "time/iteration_s", "rollout/rounds",
-                "rollout/prompts_drawn", "groups/informative"):
+                "rollout/prompts_drawn", "groups/informative") + (
+                    ("rollout/growth_samples",) if sections else ()):
         steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, key)]
         assert sorted(steps) == list(range(1, ITERATIONS + 1)), f"{key}: {sorted(steps)}"
     rollouts = sorted(p.name for p in (killed / "rollouts").glob("iter_*.parquet"))
@@ -71,6 +74,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, tiny_sft_di
 
     if sections:  # the batch refilled: more prompts drawn, up to P informative groups kept
         _refilled(client, runs[0].info.run_id, killed / "rollouts")
+        _grown(client, runs[0].info.run_id, killed / "rollouts")
 
     straight = tmp_path / "straight"
     straight.mkdir()
@@ -110,3 +114,23 @@ def test_resume_without_state_is_a_one_line_error(tmp_path, tiny_sft_dir, data_d
     assert out.returncode == 2
     assert "grpo: error: nothing to resume: no saved state in models/grpo/resume" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _grown(client, run_id: str, rollouts: Path) -> None:
+    """Groups start at 2 completions and double (4, 8) while they have no reward variance,
+    within 5 per drawn prompt; the growth metric counts the completions added."""
+    grown = {m.step: m.value for m in client.get_metric_history(run_id, "rollout/growth_samples")}
+    sizes_seen = set()
+    for it, added in grown.items():
+        frame = pd.read_parquet(rollouts / f"iter_{it:05d}.parquet")
+        sizes = frame.groupby("prompt_index").size()
+        sizes_seen |= set(sizes.tolist())
+        assert sizes.between(2, 8).all() and sizes.sum() <= 5 * len(sizes), sizes.tolist()
+        assert added == sizes.sum() - 2 * len(sizes)
+        # a group whose first 2 samples already differ never grows; one that grew to 4 and
+        # still had no variance is the one that may have doubled again
+        first = frame[frame["sample_index"] < 2].groupby("prompt_index")["reward"].nunique()
+        assert (sizes[first > 1] == 2).all(), (sizes.tolist(), first.tolist())
+        four = frame[frame["sample_index"] < 4].groupby("prompt_index")["reward"].nunique()
+        assert not ((sizes > 4) & (four > 1)).any(), (sizes.tolist(), four.tolist())
+    assert max(sizes_seen) > 2 and sum(grown.values()) > 0, (sizes_seen, grown)

@@ -61,16 +61,17 @@ class LiveRun:
     def out_dir(self) -> Path:
         return Path(self.cfg.train.output_dir)
 
-    def sampling(self, iteration: int, round_: int = 0):
+    def sampling(self, iteration: int, round_: int = 0, call: int = 0):
         """Rollout sampling; the seed is a function of (seed, iteration, dynamic-sampling
-        round), so a resumed run asks the engine for the same stream an uninterrupted run
-        would have."""
+        round, adaptive-growth call within the round: 0 is the round's first sampling), so a
+        resumed run asks the engine for the same stream an uninterrupted run would have."""
         from grpo_core.rollout import SamplingSettings
 
         r = self.cfg.rollout
         return SamplingSettings(temperature=r.temperature, top_p=r.top_p,
                                 max_new_tokens=r.max_new_tokens, stop=tuple(r.stop),
-                                seed=r.seed * 1_000_003 + iteration + 7_919_000 * round_)
+                                seed=r.seed * 1_000_003 + iteration + 7_919_000 * round_
+                                + 104_729 * call)
 
 
 @dataclass
@@ -191,6 +192,16 @@ def open_tracker(cfg: Config, point: ResumePoint, train_problems: int) -> Tracke
                       for key, old, new in point.changes})
     write_marker(cfg.train.output_dir, tracker.run_id, "RUNNING", point.start - 1)
     return tracker
+
+
+def generate(run: LiveRun, prompts: list[str], n: int, sampling):
+    """The engine's `n` completions for each prompt. An engine that fails is replaced by a
+    fresh one (`restart_engine`) before the error goes on, so the task's retry finds one."""
+    try:
+        return run.engine.generate(prompts, n, sampling)
+    except Exception:
+        restart_engine(run)  # a fresh engine with the current policy weights
+        raise
 
 
 def restart_engine(run: LiveRun) -> None:

@@ -57,8 +57,9 @@ class ScoredBatch:
     rewards: "Tensor"  # (P', G) this rank's kept groups
     per_function: dict[str, "Tensor"]  # {reward function: (P', G)}
     advantages: "Tensor"  # (P', G) this rank's groups
-    advantages_all: "Tensor"  # (P, G) every rank's groups, in rank order
+    advantages_all: "Tensor"  # (B,) every rank's, one per completion, in rank and group order
     metrics: dict[str, float]  # reward/..., advantage/..., time/reward_s
+    valid: "Tensor"  # (P', G) bool: the cells holding a completion (all, unless groups grew)
 
 
 def call(task_obj, *args: Any, **kwargs: Any):

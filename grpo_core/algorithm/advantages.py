@@ -26,6 +26,11 @@ plus an implicit view). Modes, registered by name in `ADVANTAGES`:
   rewards), which would make the advantage (r - median) / eps; the std is 0 only in
   all-equal groups, which get 0 anyway (below).
 
+Groups of different sizes (adaptive group size, `grpo_core.algorithm.adaptive`) stay one
+`(P, G_max)` tensor with a `valid` mask: group p holds n_p completions in its first n_p cells,
+and every statistic above (mean, std, median, leave-one-out, the batch std) is over valid cells
+only, so a ragged group's advantages are exactly those of a group of n_p on its own.
+
 Departure from the paper: a group whose rewards are all equal gets exactly 0 advantage
 (the formula gives 0/eps, which is 0 only up to rounding of the mean); such groups carry no
 learning signal. `zero_variance_groups` finds them for DAPO's dynamic-sampling filter
@@ -42,45 +47,58 @@ from torch import Tensor
 
 from grpo_core.errors import UserError
 
-AdvantageFn = Callable[[Tensor, float], Tensor]  # (rewards (P, G), eps) -> (P, G)
+AdvantageFn = Callable[[Tensor, Tensor, float], Tensor]  # (rewards, valid (P, G), eps) -> (P, G)
 
 
-def _grpo(rewards: Tensor, eps: float) -> Tensor:
-    mean = rewards.mean(dim=1, keepdim=True)  # (P, 1)
-    std = rewards.std(dim=1, keepdim=True)  # (P, 1), Bessel-corrected
-    return (rewards - mean) / (std + eps)
+def _count(valid: Tensor) -> Tensor:
+    return valid.sum(dim=1, keepdim=True)  # (P, 1) completions in each group
 
 
-def _dr_grpo(rewards: Tensor, eps: float) -> Tensor:
-    return rewards - rewards.mean(dim=1, keepdim=True)
+def _mean(rewards: Tensor, valid: Tensor) -> Tensor:
+    return (rewards * valid).sum(dim=1, keepdim=True) / _count(valid)  # (P, 1)
 
 
-def _rloo(rewards: Tensor, eps: float) -> Tensor:
-    g = rewards.shape[1]
-    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (g - 1)  # (P, G)
+def _std(rewards: Tensor, valid: Tensor) -> Tensor:
+    """`(P, 1)` Bessel-corrected std of each group's valid cells (n_p >= 2)."""
+    squares = ((rewards - _mean(rewards, valid)) ** 2 * valid).sum(dim=1, keepdim=True)
+    return (squares / (_count(valid) - 1)).sqrt()
+
+
+def _grpo(rewards: Tensor, valid: Tensor, eps: float) -> Tensor:
+    return (rewards - _mean(rewards, valid)) / (_std(rewards, valid) + eps)
+
+
+def _dr_grpo(rewards: Tensor, valid: Tensor, eps: float) -> Tensor:
+    return rewards - _mean(rewards, valid)
+
+
+def _rloo(rewards: Tensor, valid: Tensor, eps: float) -> Tensor:
+    total = (rewards * valid).sum(dim=1, keepdim=True)  # (P, 1)
+    others = (total - rewards) / (_count(valid) - 1)  # (P, G) mean of the other n_p - 1
     return rewards - others
 
 
-def _batch_std(rewards: Tensor, eps: float) -> Tensor:
-    centred = rewards - rewards.mean(dim=1, keepdim=True)  # (P, G)
-    return centred / (rewards.std() + eps)
+def _batch_std(rewards: Tensor, valid: Tensor, eps: float) -> Tensor:
+    return (rewards - _mean(rewards, valid)) / (rewards[valid].std() + eps)
 
 
-def _group_median(rewards: Tensor) -> Tensor:
-    """`(P, G)` -> `(P, 1)`: the mean of the two middle sorted values (the same value twice
-    for odd G), as `statistics.median`; ties and their order do not matter."""
-    g = rewards.shape[1]
-    ordered = rewards.sort(dim=1).values  # (P, G)
-    return (ordered[:, (g - 1) // 2] + ordered[:, g // 2]).unsqueeze(1) / 2  # (P, 1)
+def _group_median(rewards: Tensor, valid: Tensor) -> Tensor:
+    """`(P, G)` -> `(P, 1)`: the mean of the two middle sorted valid values (the same value
+    twice for odd n_p), as `statistics.median`; ties and their order do not matter. Invalid
+    cells sort last (+inf), so positions (n_p - 1) // 2 and n_p // 2 are the middle ones."""
+    n = _count(valid)  # (P, 1)
+    ordered = torch.where(valid, rewards, torch.inf).sort(dim=1).values  # (P, G)
+    low, high = ordered.gather(1, (n - 1) // 2), ordered.gather(1, n // 2)  # (P, 1) each
+    return (low + high) / 2
 
 
-def _median(rewards: Tensor, eps: float) -> Tensor:
-    return rewards - _group_median(rewards)
+def _median(rewards: Tensor, valid: Tensor, eps: float) -> Tensor:
+    return rewards - _group_median(rewards, valid)
 
 
-def _median_std(rewards: Tensor, eps: float) -> Tensor:
-    std = rewards.std(dim=1, keepdim=True)  # (P, 1), Bessel-corrected, as in `_grpo`
-    return (rewards - _group_median(rewards)) / (std + eps)
+def _median_std(rewards: Tensor, valid: Tensor, eps: float) -> Tensor:
+    # the Bessel-corrected group std, as in `_grpo`
+    return (rewards - _group_median(rewards, valid)) / (_std(rewards, valid) + eps)
 
 
 ADVANTAGES: dict[str, AdvantageFn] = {
@@ -98,33 +116,54 @@ ADVANTAGES: dict[str, AdvantageFn] = {
 ZERO_SUM: frozenset[str] = frozenset({"grpo", "dr_grpo", "rloo", "batch_std"})
 
 
-def zero_variance_groups(rewards: Tensor) -> Tensor:
-    """`(P, G)` rewards -> `(P,)` bool: True where every completion got the same reward."""
-    _check(rewards)
-    return (rewards == rewards[:, :1]).all(dim=1)
+def zero_variance_groups(rewards: Tensor, valid: Tensor | None = None) -> Tensor:
+    """`(P, G)` rewards -> `(P,)` bool: True where every (valid) completion got the same reward."""
+    valid = _valid(rewards, valid)
+    _check(rewards, valid)
+    return ((rewards == rewards[:, :1]) | ~valid).all(dim=1)
 
 
-def group_advantages(rewards: Tensor, mode: str = "grpo", eps: float = 1e-6) -> Tensor:
+def group_advantages(rewards: Tensor, mode: str = "grpo", eps: float = 1e-6,
+                     valid: Tensor | None = None) -> Tensor:
     """`(P, G)` rewards -> `(P, G)` advantages (float32 or the rewards' float dtype).
 
-    All-equal groups get exactly 0. Raises ValueError for an unknown mode and UserError for
-    NaN/inf rewards (a reward function's bug the user can fix), naming the first bad cell.
+    `valid`: `(P, G)` bool, the cells that hold a completion, for groups of different sizes
+    n_p (adaptive group size: a `(P, G_max)` tensor). Each group's statistics are over its
+    n_p valid cells only, so a ragged group gets exactly what a group of n_p would; invalid
+    cells get 0 (their rewards are ignored). None: every cell is valid. A group's first cell
+    must be valid (completions fill a row from the left). All-equal groups get exactly 0.
+    Raises ValueError for an unknown mode or a group of fewer than 2 completions, and
+    UserError for NaN/inf rewards (a reward function's bug the user can fix), naming the
+    first bad cell.
     """
     fn = ADVANTAGES.get(mode)
     if fn is None:
         raise ValueError(f"unknown advantage mode {mode!r}; choose one of {sorted(ADVANTAGES)}")
-    _check(rewards)
-    if rewards.shape[1] < 2:
-        raise ValueError(f"advantages need at least 2 completions per prompt, got G={rewards.shape[1]}")
+    valid = _valid(rewards, valid)
+    _check(rewards, valid)
+    fewest = int(valid.sum(dim=1).min()) if rewards.shape[0] else rewards.shape[1]
+    if fewest < 2:
+        raise ValueError(f"advantages need at least 2 completions per prompt, got G={fewest}")
     rewards = rewards if rewards.is_floating_point() else rewards.float()
-    flat = (rewards == rewards[:, :1]).all(dim=1, keepdim=True)  # (P, 1)
-    return torch.where(flat, torch.zeros_like(rewards), fn(rewards, eps))
+    rewards = torch.where(valid, rewards, torch.zeros_like(rewards))  # padding cannot leak
+    flat = ((rewards == rewards[:, :1]) | ~valid).all(dim=1, keepdim=True)  # (P, 1)
+    return torch.where(flat | ~valid, torch.zeros_like(rewards), fn(rewards, valid, eps))
 
 
-def _check(rewards: Tensor) -> None:
+def _valid(rewards: Tensor, valid: Tensor | None) -> Tensor:
+    if valid is None:
+        return torch.ones(rewards.shape, dtype=torch.bool, device=rewards.device)
+    if valid.shape != rewards.shape:
+        raise ValueError(f"valid must match rewards {tuple(rewards.shape)}, got {tuple(valid.shape)}")
+    return valid.bool()
+
+
+def _check(rewards: Tensor, valid: Tensor) -> None:
     if rewards.dim() != 2:
         raise ValueError(f"rewards must be (P, G), got shape {tuple(rewards.shape)}")
-    bad = ~torch.isfinite(rewards.float())
+    if rewards.shape[0] and not bool(valid[:, 0].all()):
+        raise ValueError("every group's first cell must be valid (completions fill from the left)")
+    bad = ~torch.isfinite(rewards.float()) & valid
     if bad.any():
         p, g = (int(i) for i in bad.nonzero()[0])
         raise UserError(f"reward is {rewards[p, g].item()} for prompt {p}, completion {g} "

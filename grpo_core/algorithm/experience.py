@@ -1,7 +1,7 @@
 """One GRPO iteration's data plumbing, between the rollout engine and the update step.
 
 draw P prompts -> (engine samples G each) -> rewards (P, G) -> advantages (P, G)
--> optional zero-variance group filter (DAPO) -> a flat (B = P' * G) update batch. With
+-> optional zero-variance group filter (DAPO) -> a flat (B = sum of group sizes) update batch. With
 dynamic sampling (DAPO, arXiv 2503.14476, section 3.2) further prompts are drawn and sampled
 until P groups have reward variance (`informative_groups`, `refill_count`, `concat_results`).
 
@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from grpo_core.algorithm.adaptive import group_sizes, pad_groups, valid_mask
 from grpo_core.algorithm.advantages import group_advantages, zero_variance_groups
 from grpo_core.rewards.answers import extract_number_answer, to_number
 from grpo_core.algorithm.batch import RolloutBatch, build_batch
@@ -66,10 +67,12 @@ def concat_results(results: Sequence) -> "RolloutResult":
                          sum(r.seconds for r in results))
 
 
-def informative_groups(rewards: Tensor, want: int | None = None) -> Tensor:
+def informative_groups(rewards: Tensor, want: int | None = None,
+                       valid: Tensor | None = None) -> Tensor:
     """`(P, G)` rewards -> `(P,)` bool: the groups with reward variance (the only ones with a
-    learning signal), at most the first `want` of them in draw order (None: all)."""
-    informative = ~zero_variance_groups(rewards)  # (P,)
+    learning signal), at most the first `want` of them in draw order (None: all). valid:
+    `(P, G)` bool for groups of different sizes (None: all cells)."""
+    informative = ~zero_variance_groups(rewards, valid)  # (P,)
     if want is None:
         return informative
     return informative & (informative.long().cumsum(0) <= want)
@@ -89,15 +92,17 @@ def refill_count(want: int, informative: int, drawn: int, most: int) -> int:
 
 
 def merged_reward_metrics(parts: Sequence[dict[str, float]], rewards: Tensor,
-                          per_fn: dict[str, Tensor]) -> dict[str, float]:
+                          per_fn: dict[str, Tensor], valid: Tensor | None = None) -> dict[str, float]:
     """The reward metrics of several scored rounds as if scored at once: failure and time-out
-    counts add up, means and spreads are over every completion. rewards: (P, G) joined."""
+    counts add up, means and spreads are over every completion. rewards: (P, G) joined;
+    valid: its `(P, G)` cells that hold a completion (None: all)."""
     counts = {k: sum(m.get(k, 0.0) for m in parts) for m in parts for k in m
               if k.endswith(("/failures", "/timeouts"))}
-    flat = rewards.reshape(-1).double()
+    valid = torch.ones_like(rewards, dtype=torch.bool) if valid is None else valid
+    flat = rewards[valid].double()
     if not flat.numel():
         return counts
-    return {**counts, **{f"reward/{k}/mean": float(v.double().mean()) for k, v in per_fn.items()},
+    return {**counts, **{f"reward/{k}/mean": float(v[valid].double().mean()) for k, v in per_fn.items()},
             "reward/total/mean": float(flat.mean()),
             "reward/total/std": float(flat.std(unbiased=False)),  # numpy's, as `score` gives
             "reward/total/min": float(flat.min()), "reward/total/max": float(flat.max())}
@@ -145,15 +150,19 @@ def _number_key(text: str):
 
 
 def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_limit_s: float,
-                 max_new_tokens: int, **context) -> tuple[Tensor, dict[str, Tensor], dict]:
+                 max_new_tokens: int, width: int | None = None,
+                 **context) -> tuple[Tensor, dict[str, Tensor], dict]:
     """Rewards of every completion, shaped by group.
 
     rows: the drawn prompts (processed schema), indexed by `Group.prompt_index`; context's
     `prompts`, if given, is one per row too. Reward functions get all of them per completion.
-    Returns (total (P', G), {function: (P', G)}, metrics) over the P' kept groups.
+    Returns (total (P', W), {function: (P', W)}, metrics) over the P' kept groups, W = `width`
+    (default: the largest group); a group of n_p < W completions fills its first n_p cells
+    and 0 the rest (`adaptive.valid_mask` says which).
     """
     groups = result.groups
-    g = len(groups[0].completions) if groups else 0
+    sizes = group_sizes(result)  # (P',)
+    width = int(sizes.max()) if width is None and len(groups) else (width or 0)
 
     def each(values: Sequence) -> list:  # one value per prompt -> one per completion
         return [values[grp.prompt_index] for grp in groups for _ in grp.completions]
@@ -169,20 +178,20 @@ def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_
         questions=each(rows["question"].tolist()), solutions=each(rows["solution"].tolist()),
         token_counts=counts, max_new_tokens=max_new_tokens, weights=weights,
         time_limit_s=time_limit_s, **context)
-    shape = (len(groups), g)
-    rewards = torch.as_tensor(total, dtype=torch.float32).reshape(shape)  # (P', G)
-    per = {k: torch.as_tensor(v, dtype=torch.float32).reshape(shape) for k, v in per_fn.items()}
-    flat = rewards.reshape(-1)
+    rewards = pad_groups(total, sizes, width)  # (P', W)
+    per = {k: pad_groups(v, sizes, width) for k, v in per_fn.items()}
+    flat = torch.as_tensor(total, dtype=torch.float32)
     if flat.numel():
         metrics.update({"reward/total/min": float(flat.min()), "reward/total/max": float(flat.max())})
     return rewards, per, metrics
 
 
-def advantages_for(rewards: Tensor, mode: str, eps: float) -> tuple[Tensor, dict[str, float]]:
-    """rewards (P, G) -> (advantages (P, G), metrics)."""
-    adv = group_advantages(rewards, mode=mode, eps=eps)  # (P, G)
-    flat = adv.reshape(-1)
-    zero = zero_variance_groups(rewards)  # (P,)
+def advantages_for(rewards: Tensor, mode: str, eps: float,
+                   valid: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
+    """rewards (P, G) -> (advantages (P, G), metrics over the valid cells)."""
+    adv = group_advantages(rewards, mode=mode, eps=eps, valid=valid)  # (P, G)
+    flat = adv.reshape(-1) if valid is None else adv[valid]
+    zero = zero_variance_groups(rewards, valid)  # (P,)
     return adv, {
         "advantage/mean": float(flat.mean()) if flat.numel() else 0.0,
         "advantage/std": float(flat.std()) if flat.numel() > 1 else 0.0,
@@ -213,7 +222,9 @@ def update_batch(result, advantages: Tensor, *, pad_id: int, keep: Tensor | None
 
 def record_columns(result, rewards: Tensor, per_fn: dict[str, Tensor],
                    advantages: Tensor) -> dict[str, Sequence[float]]:
-    """Flat columns (group-major, like the rollout records) to fill into the records frame."""
-    cols = {"reward": rewards.reshape(-1).tolist(), "advantage": advantages.reshape(-1).tolist()}
-    cols.update({f"reward_{k}": v.reshape(-1).tolist() for k, v in per_fn.items()})
+    """Flat columns (group-major, like the rollout records: each group's completions in
+    order) to fill into the records frame; `(P, W)` cells past a group's size are skipped."""
+    valid = valid_mask(group_sizes(result), rewards.shape[1])  # (P, W)
+    cols = {"reward": rewards[valid].tolist(), "advantage": advantages[valid].tolist()}
+    cols.update({f"reward_{k}": v[valid].tolist() for k, v in per_fn.items()})
     return cols

@@ -106,6 +106,12 @@ class RolloutConfig(Section):
     # prompts_per_iteration groups have reward variance; > 0 drops the groups without (as
     # algorithm.filter_zero_variance); one process only
     refill_rounds: int = Field(default=0, ge=0)
+    # adaptive group size: every group starts with this many completions and the ones with no
+    # reward variance double, up to group_size, within the budget below; null: fixed groups
+    min_group_size: Optional[int] = Field(default=None, ge=2)
+    # its budget: at most this many completions per drawn prompt on average (an iteration's P
+    # prompts: P x this); null: only group_size bounds a group
+    samples_per_prompt: Optional[float] = Field(default=None, gt=0.0)
     stop: tuple[str, ...] = ()
     max_prompt_tokens: int = Field(default=512, ge=1)
     overlong_prompts: Literal["skip", "truncate"] = "skip"
@@ -119,6 +125,16 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(default=1, ge=1)
     sleep_mode: bool = False
+
+    @model_validator(mode="after")
+    def _adaptive_sizes_ordered(self) -> "RolloutConfig":
+        low = self.min_group_size
+        if low is not None and low > self.group_size:
+            raise ValueError(f"min_group_size ({low}) must be <= group_size ({self.group_size})")
+        if low is not None and self.samples_per_prompt is not None and self.samples_per_prompt < low:
+            raise ValueError(f"samples_per_prompt ({self.samples_per_prompt:g}) must be >= "
+                             f"min_group_size ({low}): the first round alone spends that")
+        return self
 
     @field_validator("cpu_kv_cache_gib", mode="before")
     @classmethod
