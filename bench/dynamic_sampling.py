@@ -1,8 +1,9 @@
 """Dynamic sampling (rollout.refill_rounds, DAPO section 3.2) and adaptive group size
 (rollout.min_group_size) against the default, back to back.
 
-The bundled SmolLM2-135M-Instruct on GSM8K train with the accuracy reward: most groups of 8
-samples are all wrong, so most of a default update's groups carry no signal. Each arm is the
+The bundled SmolLM2-135M-Instruct on GSM8K train (or `--task arithmetic`, the built-in task,
+where pass rates are mid-range) with the accuracy reward: on GSM8K most groups of 8 samples are
+all wrong, so most of a default update's groups carry no signal. Each arm is the
 product's own `grpo train --no-eval` for the same iterations from the same checkpoint and
 seed; the figures come from its MLflow metrics:
 
@@ -45,9 +46,9 @@ def arms(refill_rounds: int) -> dict[str, dict]:
             "adaptive": {"min_group_size": 4, "group_size": 16, "samples_per_prompt": 8}}
 
 
-def params(root: Path, iterations: int, rollout: dict) -> dict:
+def params(root: Path, iterations: int, rollout: dict, task: str = "gsm8k") -> dict:
     p = yaml.safe_load((REPO / "params.yaml").read_text())
-    p["data"].update(dir=data_dir(), train=[{"name": "gsm8k", "split": "train", "rows": None}])
+    p["data"].update(dir=data_dir(), train=[{"name": task, "split": "train", "rows": None}])
     p["rollout"].update(rollout)
     p["reward"].update(functions={"accuracy": 1.0})
     p["train"].update(iterations=iterations, max_minutes=None, checkpoint_every=10_000,
@@ -57,8 +58,8 @@ def params(root: Path, iterations: int, rollout: dict) -> dict:
     return p
 
 
-def arm(root: Path, name: str, iterations: int, rollout: dict) -> dict:
-    grpo_project(root, params(root, iterations, rollout))
+def arm(root: Path, name: str, iterations: int, rollout: dict, task: str) -> dict:
+    grpo_project(root, params(root, iterations, rollout, task))
     h = {k: dict(v) for k, v in mlflow_history(root, "dynamic_sampling", KEYS).items()}
     want = params(root, iterations, rollout)["rollout"]["prompts_per_iteration"]
     steps = sorted(h["groups/informative"])
@@ -68,7 +69,7 @@ def arm(root: Path, name: str, iterations: int, rollout: dict) -> dict:
     completions = [h["rollout/completions"][s] for s in steps]
     seconds = [h["time/iteration_s"][s] for s in steps]
     return {
-        "arm": name, "rollout": rollout, "iterations": len(steps), "prompts_per_iteration": want,
+        "arm": name, "task": task, "rollout": rollout, "iterations": len(steps), "prompts_per_iteration": want,
         "informative_trained_per_update": trained,
         "informative_share_of_p": sum(trained) / (want * len(steps)),
         "completions_per_iteration": completions,
@@ -87,6 +88,8 @@ def main() -> int:
     ap.add_argument("--refill-rounds", type=int, default=2)
     ap.add_argument("--arms", default="default,refill,adaptive",
                     help="comma-separated, run in this order: default, refill, adaptive")
+    ap.add_argument("--task", default="gsm8k", choices=("gsm8k", "arithmetic"),
+                    help="the training set (arithmetic: the built-in task, mid-range pass rates)")
     ap.add_argument("--root", default="/tmp/grpo-dynamic-sampling")
     args = ap.parse_args()
     root, known = Path(args.root), arms(args.refill_rounds)
@@ -94,9 +97,10 @@ def main() -> int:
     unknown = sorted(set(names) - set(known))
     if unknown:
         ap.error(f"--arms: unknown {', '.join(unknown)} (known: {', '.join(known)})")
-    results = [arm(root / name, name, args.iterations, known[name]) for name in names]
+    results = [arm(root / f"{args.task}_{name}", name, args.iterations, known[name], args.task)
+               for name in names]
     out = {"date": datetime.date.today().isoformat(), "load_avg": load_avg(), "arms": results}
-    save_json(out, RESULTS / f"dynamic_sampling_{out['date']}_{'_'.join(names)}.json")
+    save_json(out, RESULTS / f"dynamic_sampling_{out['date']}_{args.task}_{'_'.join(names)}.json")
     for a in results:
         print(f"{a['arm']} {a['rollout']}: informative groups trained per update "
               f"{a['informative_trained_per_update']} ({a['informative_share_of_p']:.0%} of P), "
