@@ -1,6 +1,7 @@
 """Rollout throughput: VLLMEngine vs HFEngine, and the weight-sync time.
 
     .venv/bin/python bench/rollout.py [--quick] [--repeats N] [--json PATH] [--dtype bfloat16]
+    .venv/bin/python bench/rollout.py --compare-compile   # training rollouts: eager vs cpu_compile
 
 1. 4 prompts x 8 samples x 128 new tokens (temperature 1), both engines, same dtype.
 2. 200 greedy GSM8K test prompts x 256 new tokens (--quick: 16), both engines.
@@ -78,7 +79,12 @@ def main() -> int:
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--model", default=str(REPO / "models" / "sft"), help="materialised SFT dir")
+    p.add_argument("--compare-compile", action="store_true",
+                   help="only the training rollouts, vLLM eager vs rollout.cpu_compile "
+                        "(bench/rollout_compile.py)")
     args = p.parse_args()
+    if args.compare_compile:
+        return compare_compile(args)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -116,6 +122,21 @@ def main() -> int:
               f"(target >= 3x)")
     print(f"weight sync (135M, float32 policy -> {args.dtype} engine): "
           f"{figures['weight_sync_s']:.3f} s (target < 1 s)")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")
+    return 0
+
+
+def compare_compile(args) -> int:
+    from grpo_core.checkpoints.sft import materialize
+    from grpo_core.config import Config
+    from rollout_compile import compare, gsm8k_train_questions
+
+    model_dir = materialize("bundled:smollm2-135m-instruct", args.model)
+    data = Path(os.environ.get("GRPO_DATA_DIR", REPO.parent / "shared" / "data"))
+    figures = compare(str(model_dir), gsm8k_train_questions(data, 4),
+                      Config().data.prompt.instruction, repeats_of(args))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")

@@ -51,3 +51,19 @@ def test_format_table_lists_datasets_and_breakdowns():
     assert table[1].split() == ["gsm8k", "4", "0.250", "0.250", "0.500"]
     assert table[2].split() == ["math500", "2", "0.500", "nan", "nan"]
     assert table[3].split() == ["math500", "level", "1", "1", "1.000"]
+
+
+def test_engine_options_carry_every_engine_setting_of_the_config():
+    """Every keyword the vLLM engine takes comes from the config (cpu_compile included); the
+    compiled engine itself is exercised by `bench/rollout.py --compare-compile`, which takes a
+    minute of compilation the test suite cannot spend."""
+    import inspect
+
+    from flows.run.inputs import engine_options
+    from grpo_core.config import load_config
+    from grpo_core.rollout.hf_engine import HFEngine
+
+    options = engine_options(load_config(None, ["rollout.cpu_compile=true"]))
+    assert options["cpu_compile"] is True
+    hf = set(inspect.signature(HFEngine.__init__).parameters) - {"self", "model_dir"}
+    assert set(options) <= hf  # the HF engine accepts (and ignores) the vLLM ones

@@ -125,6 +125,9 @@ class RolloutConfig(Section):
     gpu_memory_utilization: float = Field(default=0.5, gt=0.0, le=1.0)
     tensor_parallel_size: int = Field(default=1, ge=1)
     sleep_mode: bool = False
+    # vLLM on CPU: torch.compile the model (about 1.3x the tokens/s, about a minute more per
+    # engine start; pays off in runs of more than ~30 iterations). GPU: always compiled.
+    cpu_compile: bool = False
 
     @model_validator(mode="after")
     def _adaptive_sizes_ordered(self) -> "RolloutConfig":

@@ -7,7 +7,9 @@
   takes HF-named tensors through each layer's weight loader (so the CPU backend's repacking
   happens again), then `reset_prefix_cache()`, because cached prefixes hold keys/values of
   the old weights. Calling the live model's `load_weights` directly fails on CPU.
-- CPU: `enforce_eager`, KV cache size from `cpu_kv_cache_gib` (exact bytes, not the integer
+- CPU: eager unless `cpu_compile` (torch.compile of the model: fused norms and activations,
+  about 1.3x the tokens/s of the default rollout for about a minute more at each engine start;
+  docs/benchmarks.md), KV cache size from `cpu_kv_cache_gib` (exact bytes, not the integer
   `VLLM_CPU_KVCACHE_SPACE`, which would override it and is therefore removed from the env).
   vLLM zero-fills the whole cache at start, so all of it is resident memory: "auto" sizes it
   for `kv_cache_tokens` (one rollout batch at full length) instead of a fixed size. The
@@ -52,7 +54,8 @@ class VLLMEngine:
                  max_prompt_tokens: int = 512, overlong_prompts: str = "skip",
                  cpu_kv_cache_gib: float | str = 2.0, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, sleep_mode: bool = False,
-                 max_model_len: int | None = None, kv_cache_tokens: int | None = None):
+                 max_model_len: int | None = None, kv_cache_tokens: int | None = None,
+                 cpu_compile: bool = False):
         self.on_cpu = current_platform.is_cpu()
         config = json.loads((Path(model_dir) / "config.json").read_text())
         context = config.get("max_position_embeddings")
@@ -65,7 +68,7 @@ class VLLMEngine:
                        use_tqdm_on_load=logging.getLogger("vllm").isEnabledFor(logging.INFO))
         if self.on_cpu:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            options.update(enforce_eager=True, kv_cache_memory_bytes=cpu_kv_cache_bytes(
+            options.update(enforce_eager=not cpu_compile, kv_cache_memory_bytes=cpu_kv_cache_bytes(
                 config, dtype, cpu_kv_cache_gib, max_model_len or context, kv_cache_tokens))
             if sleep_mode or tensor_parallel_size > 1:
                 log.warning("vLLM on CPU: sleep_mode and tensor_parallel_size are GPU settings; "
