@@ -265,3 +265,14 @@ def test_a_complete_learning_run_frees_its_resume_state(tmp_path, capsys):
     assert not resume.exists() and (tmp_path / "models" / "grpo" / "final").is_dir()
     assert "nothing to resume" in capsys.readouterr().out
     learning.drop_resume_state(tmp_path)  # a second call (nothing there) is a no-op
+
+
+def test_learning_speed_takes_the_last_checkpoint_logged_by_each_mark(tmp_path):
+    speed = _load("learning_speed")
+    minutes = {8: 4.1, 16: 7.9, 24: 11.5, 32: 15.2, 40: 19.9, 48: 23.8, 57: 30.4}  # 57: final
+    picks = speed.chosen_checkpoints(tmp_path, [5, 10, 20, 30], minutes)
+    assert {m: it for m, (it, _, _) in picks.items()} == {5: 8, 10: 16, 20: 40, 30: 57}
+    assert picks[30][2] == tmp_path / "models" / "grpo" / "final"
+    assert picks[10][2] == tmp_path / "models" / "grpo" / "checkpoints" / "iter_00016"
+    # nothing logged by the first mark: that mark has no pick (and is reported as left out)
+    assert 1 not in speed.chosen_checkpoints(tmp_path, [1, 30], minutes)

@@ -1,0 +1,167 @@
+"""Learning speed: held-out accuracy of the training task after 5, 10, 20 and 30 minutes of
+training, so that accuracy gained per CPU-minute is a number the project tracks.
+
+One `grpo train --no-eval` of the learning benchmark's recipe (bench/learning_task.py: the
+bundled SmolLM2-135M-Instruct on the built-in arithmetic task) with a budget of the last mark
+and a checkpoint every K iterations; the minutes of a checkpoint are the wall clock from the
+MLflow run's start to its iteration's log (engine start, rollouts, updates, checkpointing and
+the quick evaluations included: what a user waits for). For each mark the last checkpoint
+logged by then (the final model for the last mark) and the SFT checkpoint are evaluated greedily
+on the same first N held-out arithmetic problems, each in its own process, with the paired 95%
+CI of the accuracy difference.
+
+    .venv/bin/python bench/learning_speed.py [--marks 5,10,20,30] [--eval-rows 200] [--set KEY=VALUE]
+    .venv/bin/python bench/learning_speed.py --quick    # minutes: plumbing check, writes no results
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common import BIN, RESULTS, load_avg, project_env, run_child, save_json  # noqa: E402
+from learning import paired_ci, run_training  # noqa: E402
+from learning_task import QUICK, RECIPE, write_params  # noqa: E402
+
+EXPERIMENT = "learning-task"  # learning_task.write_params's MLflow experiment
+
+
+def checkpoint_minutes(root: Path) -> dict[int, float]:
+    """{iteration with a checkpoint on disk: minutes from the run's start to its log}."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    logged = {m.step: m.timestamp for m in
+              client.get_metric_history(run.info.run_id, "time/iteration_s")}
+    on_disk = {int(p.name.removeprefix("iter_")) for p in
+               (root / "models" / "grpo" / "checkpoints").glob("iter_*")}
+    out = {it: (logged[it] - run.info.start_time) / 60_000 for it in sorted(on_disk & set(logged))}
+    last = max(logged)
+    out[last] = (logged[last] - run.info.start_time) / 60_000  # the final model
+    return out
+
+
+def chosen_checkpoints(root: Path, marks: list[float], minutes: dict[int, float]) -> dict:
+    """{mark: (iteration, minutes, directory)}: the last checkpoint logged by each mark; the
+    final model for the last mark."""
+    last = max(minutes)
+    out = {}
+    for mark in marks:
+        by_then = [it for it, m in minutes.items() if m <= mark and it != last]
+        if mark == marks[-1]:
+            out[mark] = (last, minutes[last], root / "models" / "grpo" / "final")
+        elif by_then:
+            it = max(by_then)
+            out[mark] = (it, minutes[it], root / "models" / "grpo" / "checkpoints" / f"iter_{it:05d}")
+    return out
+
+
+def evaluate_child(params: Path, checkpoint: str, out: Path) -> None:
+    """Greedy answers of `checkpoint` on the configured arithmetic test rows -> JSON (in the
+    child process `evaluate` starts: one engine at a time)."""
+    from transformers import AutoTokenizer
+
+    from flows.run.inputs import engine_options, load_data, prompt_renderer
+    from grpo_core.config import load_config
+    from grpo_core.evaluation.metrics import evaluate_frame
+    from grpo_core.rollout import make_engine
+
+    cfg = load_config(params)
+    _, sets, shots = load_data(cfg)
+    frame = sets["arithmetic"]
+    render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
+    engine = make_engine(cfg.rollout.engine, checkpoint, **engine_options(cfg))
+    try:
+        metrics, records = evaluate_frame(engine, render(frame["question"].tolist()), frame,
+                                          max_new_tokens=cfg.evaluate.max_new_tokens, samples=1,
+                                          temperature=1.0, time_limit_s=cfg.reward.timeout_s)
+    finally:
+        engine.close()
+    save_json({"checkpoint": checkpoint, "accuracy": metrics["accuracy"], "count": len(records),
+               "records": records}, out)
+
+
+def evaluate(root: Path, params: Path, label: str, checkpoint: Path, env: dict) -> dict:
+    out = root / f"eval_{label}.json"
+    e = run_child([str(BIN / "python"), __file__, "--eval", str(params), str(checkpoint),
+                   str(out)], root, env, log=root / f"eval_{label}.log")
+    if e["rc"]:
+        sys.exit(f"evaluation {label} failed; see {root / f'eval_{label}.log'}")
+    result = json.loads(out.read_text())
+    print(f"{label}: accuracy {result['accuracy']:.3f} ({result['count']} problems, "
+          f"{e['seconds']:.0f} s)", flush=True)
+    return result
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--marks", default="5,10,20,30", help="minutes of training, ascending")
+    ap.add_argument("--eval-rows", type=int, default=300)
+    ap.add_argument("--checkpoint-every", type=int, default=10)
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--workdir", default="/tmp/grpo-learning-speed")
+    ap.add_argument("--quick", action="store_true", help="tiny settings and marks; no results")
+    ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.eval:
+        evaluate_child(Path(args.eval[0]), args.eval[1], Path(args.eval[2]))
+        return 0
+    marks = sorted(float(m) for m in ("0.3,0.6" if args.quick else args.marks).split(","))
+    root = Path(args.workdir).resolve()
+    if root.exists():
+        shutil.rmtree(root)
+    every = 1 if args.quick else args.checkpoint_every
+    sets = (QUICK if args.quick else []) + args.sets + [
+        f"train.checkpoint_every={every}", "train.iterations=100000",
+        f"evaluate.datasets=[{{name: arithmetic, split: test, rows: {8 if args.quick else args.eval_rows}}}]"]
+    params = write_params(root, minutes=marks[-1], eval_rows=args.eval_rows, sets=sets)
+    env = project_env(root)
+    for name in ("prepare", "checkpoint"):
+        if run_child([str(BIN / "grpo"), name, "--params", str(params)], root, env,
+                     log=root / f"{name}.log")["rc"]:
+            sys.exit(f"{name} failed; see {root / (name + '.log')}")
+    train = run_training(root, env, marks[-1], resume=False)
+    picks = chosen_checkpoints(root, marks, checkpoint_minutes(root))
+    before = evaluate(root, params, "sft", root / "models" / "sft", env)
+    rows = []
+    for mark in sorted(set(marks) - set(picks)):
+        print(f"no checkpoint was logged by {mark:g} min: that mark is left out", flush=True)
+    for mark, (it, minutes, ckpt) in picks.items():
+        after = evaluate(root, params, f"{mark:g}min", ckpt, env)
+        was = {r["id"]: r["correct"] for r in before["records"]}
+        mean, lo, hi = paired_ci([was[r["id"]] for r in after["records"]],
+                                 [r["correct"] for r in after["records"]])
+        rows.append({"mark_minutes": mark, "iteration": it, "minutes": round(minutes, 2),
+                     "accuracy": after["accuracy"], "difference": mean, "ci_low": lo, "ci_high": hi,
+                     "gain_per_minute": mean / minutes})
+    out = {"date": datetime.date.today().isoformat(), "recipe": RECIPE, "sets": sets,
+           "eval": f"arithmetic test, first {before['count']}, greedy, "
+                   f"{yaml.safe_load(params.read_text())['evaluate']['max_new_tokens']} tokens",
+           "sft_accuracy": before["accuracy"], "marks": rows, "train": train,
+           "load_avg": load_avg()}
+    print(f"SFT checkpoint: {before['accuracy']:.1%} on {before['count']} problems")
+    for r in rows:
+        print(f"after {r['minutes']:5.1f} min (iteration {r['iteration']:4d}): {r['accuracy']:.1%}, "
+              f"{r['difference']:+.1%} (95% CI {r['ci_low']:+.1%} to {r['ci_high']:+.1%}), "
+              f"{r['gain_per_minute']:+.2%} a minute")
+    if not args.quick:
+        save_json(out, RESULTS / f"learning_speed_{out['date']}.json")
+    for ckpt in (root / "models" / "grpo").glob("checkpoints/iter_*"):  # GBs; the figures stay
+        shutil.rmtree(ckpt)
+    shutil.rmtree(root / "models" / "grpo" / "resume", ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
