@@ -131,8 +131,8 @@ def write_params(root: Path, *, minutes: float, eval_rows: int, quick: bool,
 
 
 # ---------------------------------------------------------------- evaluation (child process)
-def evaluate(params: Path, checkpoint: str, out: Path) -> None:
-    """Greedy answers of `checkpoint` on the configured GSM8K rows -> per-problem JSON."""
+def evaluate(params: Path, checkpoint: str, out: Path, dataset: str = "gsm8k") -> None:
+    """Greedy answers of `checkpoint` on the configured rows of `dataset` -> per-problem JSON."""
     from transformers import AutoTokenizer
 
     from flows.run.inputs import engine_options, load_data, prompt_renderer
@@ -142,7 +142,7 @@ def evaluate(params: Path, checkpoint: str, out: Path) -> None:
 
     cfg = load_config(params)
     _, sets, shots = load_data(cfg)
-    frame = sets["gsm8k"]
+    frame = sets[dataset]
     render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
     prompts = render(frame["question"].tolist())
     # 500 prompts at once: a larger KV cache than one rollout batch's runs more of them together

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common import BIN, RESULTS, load_avg, project_env, run_child, save_json  # noqa: E402
-from learning import paired_ci, run_training  # noqa: E402
+from learning import evaluate as evaluate_rows, paired_ci, run_training  # noqa: E402
 from learning_task import QUICK, RECIPE, write_params  # noqa: E402
 
 EXPERIMENT = "learning-task"  # learning_task.write_params's MLflow experiment
@@ -67,33 +67,9 @@ def chosen_checkpoints(root: Path, marks: list[float], minutes: dict[int, float]
     return out
 
 
-def evaluate_child(params: Path, checkpoint: str, out: Path) -> None:
-    """Greedy answers of `checkpoint` on the configured arithmetic test rows -> JSON (in the
-    child process `evaluate` starts: one engine at a time)."""
-    from transformers import AutoTokenizer
-
-    from flows.run.inputs import engine_options, load_data, prompt_renderer
-    from grpo_core.config import load_config
-    from grpo_core.evaluation.metrics import evaluate_frame
-    from grpo_core.rollout import make_engine
-
-    cfg = load_config(params)
-    _, sets, shots = load_data(cfg)
-    frame = sets["arithmetic"]
-    render = prompt_renderer(cfg, AutoTokenizer.from_pretrained(checkpoint), shots)
-    engine = make_engine(cfg.rollout.engine, checkpoint, **engine_options(cfg))
-    try:
-        metrics, records = evaluate_frame(engine, render(frame["question"].tolist()), frame,
-                                          max_new_tokens=cfg.evaluate.max_new_tokens, samples=1,
-                                          temperature=1.0, time_limit_s=cfg.reward.timeout_s)
-    finally:
-        engine.close()
-    save_json({"checkpoint": checkpoint, "accuracy": metrics["accuracy"], "count": len(records),
-               "records": records}, out)
-
-
 def evaluate(root: Path, params: Path, label: str, checkpoint: Path, env: dict) -> dict:
     out = root / f"eval_{label}.json"
+    # bench/learning.py's evaluation of the arithmetic rows, in a child: one engine at a time
     e = run_child([str(BIN / "python"), __file__, "--eval", str(params), str(checkpoint),
                    str(out)], root, env, log=root / f"eval_{label}.log")
     if e["rc"]:
@@ -116,7 +92,7 @@ def main() -> int:
     ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.eval:
-        evaluate_child(Path(args.eval[0]), args.eval[1], Path(args.eval[2]))
+        evaluate_rows(Path(args.eval[0]), args.eval[1], Path(args.eval[2]), "arithmetic")
         return 0
     marks = sorted(float(m) for m in ("0.3,0.6" if args.quick else args.marks).split(","))
     root = Path(args.workdir).resolve()

@@ -31,15 +31,13 @@ apply_defaults(offline=True)
 
 def rollout_inputs(overrides: list[str]):
     """(config, the first P GSM8K train questions, sampling settings) as a run has them."""
-    import json
-
     from grpo_core.config import load_config
     from grpo_core.rollout import SamplingSettings
+    from rollout_compile import gsm8k_train_questions
 
     cfg = load_config(REPO / "params.yaml", overrides)
     r = cfg.rollout
-    with open(Path(data_dir()) / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
-        questions = [json.loads(line)["question"] for _, line in zip(range(r.prompts_per_iteration), f)]
+    questions = gsm8k_train_questions(Path(data_dir()), r.prompts_per_iteration)
     return cfg, questions, SamplingSettings(temperature=r.temperature, top_p=r.top_p,
                                             max_new_tokens=r.max_new_tokens, seed=0)
 

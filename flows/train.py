@@ -39,7 +39,7 @@ from flows.run.live import LIVE, close_run, open_run
 from flows.run.sampling import part_metrics, refill, sample
 from flows.run.values import THIN, Rollout, ScoredBatch, call
 from flows.run.scoring import score_part
-from grpo_core.algorithm.adaptive import group_sizes, valid_mask
+from grpo_core.algorithm.adaptive import cells
 from grpo_core.algorithm.experience import (advantages_for, informative_groups, record_columns,
                                             update_batch)
 from grpo_core.config import Config, load_config
@@ -98,18 +98,16 @@ def reward_task(key: str, rollout: Rollout) -> ScoredBatch:
 def _advantaged(run, rollout: Rollout, rewards, per_fn, metrics: dict[str, float]) -> ScoredBatch:
     """Group advantages of scored groups (over every rank's), filled into the records."""
     cfg = run.cfg
-    valid = valid_mask(group_sizes(rollout.result), rewards.shape[1])  # (P', G)
+    valid = cells(rollout.result, rewards.shape[1])  # (P', G)
     everything, mine = distributed.gather_groups(rewards)  # (P, G) over all ranks
-    # ragged groups (adaptive group size) run on one process only: there valid is everything's
-    valid_all = valid if distributed.world() == 1 else None
+    valid_all, _ = distributed.gather_groups(valid)
     adv_all, adv_metrics = advantages_for(everything, cfg.algorithm.advantage, cfg.algorithm.eps,
                                           valid_all)
     adv = adv_all[mine]  # this rank's groups; batch_std used the batch-wide std
     writers.fill_records(run, rollout.iteration, rollout.records,
                          record_columns(rollout.result, rewards, per_fn, adv))
     metrics.update(adv_metrics)
-    flat_all = adv_all.reshape(-1) if valid_all is None else adv_all[valid_all]
-    return ScoredBatch(rewards, per_fn, adv, flat_all, metrics, valid)
+    return ScoredBatch(rewards, per_fn, adv, adv_all[valid_all], metrics, valid)
 
 
 @task(name="gate", **THIN)

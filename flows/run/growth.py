@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 from flows.run.live import generate
 from flows.run.scoring import score_part
-from grpo_core.algorithm.adaptive import (append_completions, extend, group_sizes, growth,
-                                          valid_mask)
+from grpo_core.algorithm.adaptive import append_completions, cells, extend, growth
 from grpo_core.algorithm.experience import merged_reward_metrics
 
 if TYPE_CHECKING:
@@ -31,7 +30,7 @@ def grow(run: "LiveRun", part: "Rollout", rewards: "Tensor", per_fn: dict[str, "
     budget = (None if cfg.samples_per_prompt is None
               else int(cfg.samples_per_prompt * len(part.rows)))
     result, scored, calls = part.result, [metrics], 0
-    valid = valid_mask(group_sizes(result), cfg.group_size)  # (P', G_max)
+    valid = cells(result, cfg.group_size)  # (P', G_max)
     start = int(valid.sum())
     while True:
         extra = growth(rewards, valid, cfg.group_size, budget)  # (P',)

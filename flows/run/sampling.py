@@ -14,7 +14,7 @@ from flows.run.growth import grow
 from flows.run.live import generate
 from flows.run.scoring import score_part
 from flows.run.values import Rollout
-from grpo_core.algorithm.adaptive import group_sizes, valid_mask
+from grpo_core.algorithm.adaptive import cells
 from grpo_core.algorithm.experience import (concat_results, draw_prompts_at, informative_groups,
                                             merged_reward_metrics, refill_count, rollout_metrics)
 from grpo_core.parallel import distributed
@@ -58,13 +58,13 @@ def refill(run: "LiveRun", rollout: Rollout, scored: "ScoredBatch"):
             extra, rewards, per_fn, metrics = grow(run, extra, rewards, per_fn, metrics, round_)
         parts.append(extra)
         scores.append((rewards, per_fn, metrics))
-        valid = valid_mask(group_sizes(extra.result), rewards.shape[1])
+        valid = cells(extra.result, rewards.shape[1])
         informative += int(informative_groups(rewards, valid=valid).sum())
         drawn += count
     merged = joined(run, parts)
     rewards = torch.cat([r for r, _, _ in scores])  # (P_drawn, G)
     per_fn = {k: torch.cat([p[k] for _, p, _ in scores]) for k in scores[0][1]}
-    valid = valid_mask(group_sizes(merged.result), rewards.shape[1])
+    valid = cells(merged.result, rewards.shape[1])
     return merged, rewards, per_fn, merged_reward_metrics([m for _, _, m in scores], rewards,
                                                           per_fn, valid)
 

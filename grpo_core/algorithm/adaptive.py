@@ -40,6 +40,11 @@ def valid_mask(sizes: Tensor, width: int) -> Tensor:
     return torch.arange(width).unsqueeze(0) < sizes.unsqueeze(1)
 
 
+def cells(result: "RolloutResult", width: int) -> Tensor:
+    """`(P, width)` bool: the cells of the result's groups that hold a completion."""
+    return valid_mask(group_sizes(result), width)
+
+
 def pad_groups(flat: Sequence[float], sizes: Tensor, width: int) -> Tensor:
     """Group-major flat values (n_0 of group 0, then n_1 of group 1, ...) -> `(P, width)`
     float32, 0 in the cells past each group's size."""

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from grpo_core.algorithm.adaptive import group_sizes, pad_groups, valid_mask
+from grpo_core.algorithm.adaptive import cells, group_sizes, pad_groups
 from grpo_core.algorithm.advantages import group_advantages, zero_variance_groups
 from grpo_core.rewards.answers import extract_number_answer, to_number
 from grpo_core.algorithm.batch import RolloutBatch, build_batch
@@ -162,7 +162,8 @@ def score_groups(result, rows: pd.DataFrame, *, weights: dict[str, float], time_
     """
     groups = result.groups
     sizes = group_sizes(result)  # (P',)
-    width = int(sizes.max()) if width is None and len(groups) else (width or 0)
+    if width is None:
+        width = int(sizes.max()) if len(groups) else 0
 
     def each(values: Sequence) -> list:  # one value per prompt -> one per completion
         return [values[grp.prompt_index] for grp in groups for _ in grp.completions]
@@ -224,7 +225,7 @@ def record_columns(result, rewards: Tensor, per_fn: dict[str, Tensor],
                    advantages: Tensor) -> dict[str, Sequence[float]]:
     """Flat columns (group-major, like the rollout records: each group's completions in
     order) to fill into the records frame; `(P, W)` cells past a group's size are skipped."""
-    valid = valid_mask(group_sizes(result), rewards.shape[1])  # (P, W)
+    valid = cells(result, rewards.shape[1])  # (P, W)
     cols = {"reward": rewards[valid].tolist(), "advantage": advantages[valid].tolist()}
     cols.update({f"reward_{k}": v[valid].tolist() for k, v in per_fn.items()})
     return cols
