@@ -24,6 +24,7 @@ def install() -> None:
     """Ctrl-C and SIGTERM raise (and stay pending) in this process from now on."""
     signal.signal(signal.SIGINT, _stop_with(KeyboardInterrupt))
     signal.signal(signal.SIGTERM, _stop_with(Terminated))
+    sys.unraisablehook = _quiet_about_stops(sys.unraisablehook)
 
 
 def _stop_with(kind: type[KeyboardInterrupt]):
@@ -31,6 +32,17 @@ def _stop_with(kind: type[KeyboardInterrupt]):
         _PENDING.append(kind)
         raise kind()
     return handler
+
+
+def _quiet_about_stops(default_hook):
+    """A stop that lands in a weakref callback or `__del__` cannot propagate; Python would
+    print it as an "Exception ignored" traceback. It is still pending, so the run ends all
+    the same: say nothing about it here."""
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt) and _PENDING:
+            return
+        default_hook(unraisable)
+    return hook
 
 
 def raise_pending() -> None:
