@@ -130,16 +130,48 @@ def _resolve(target: str) -> Callable[[Config, argparse.Namespace], Any]:
     return getattr(importlib.import_module(module), name)
 
 
-class _NoUserErrorTraceback(logging.Filter):
-    """Prefect logs a failed task's traceback itself; for a user's mistake (or a Ctrl-C) the
-    one line that the CLI prints is the whole story, so the traceback is dropped (kept with
-    --debug)."""
+class _SaidByTheCli(logging.Filter):
+    """On Prefect's task and flow run loggers: a failure the CLI's last line already states
+    (a user's mistake: `grpo: error: ...`; Ctrl-C or SIGTERM: `grpo: interrupted`) loses its
+    traceback (kept with --debug) and is marked, with the run's later error records about it
+    (Prefect's "Finished in state Failed(...)"), so that the console leaves them out while
+    Prefect's own record of the run keeps them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._told_runs: set[str] = set()  # task or flow run ids whose failure the CLI states
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and (isinstance(record.exc_info[1], (UserError, KeyboardInterrupt))
-                                or is_termination(record.exc_info[1])):
+        run = str(getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None))
+        if record.exc_info and _told(record.exc_info[1]):
             record.exc_info, record.exc_text = None, None
+            self._told_runs.add(run)
+        # "Crash detected!" carries no exception; it is logged while handling the stop
+        handling = sys.exc_info()[1]
+        if record.levelno >= logging.ERROR and (
+                run in self._told_runs or signals.pending() or _told(handling)):
+            record.said_by_the_cli = True
         return True
+
+
+def _told(exc: BaseException | None) -> bool:
+    """Whether the CLI's last line states this failure (so its traceback says nothing more)."""
+    return isinstance(exc, (UserError, KeyboardInterrupt)) or is_termination(exc)
+
+
+class _NotTwice(logging.Filter):
+    """On the console handler: leaves out what `_SaidByTheCli` marked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "said_by_the_cli", False)
+
+
+def _quiet_prefect_console() -> None:
+    """Prefect's console handler sits on the root logger once prefect is imported (the
+    command's module imports it); it is looked up by name to keep `grpo --help` fast."""
+    for handler in logging.getLogger().handlers:
+        if type(handler).__name__ == "PrefectConsoleHandler":
+            handler.addFilter(_NotTwice())
 
 
 def _config_source(params: str, overrides: list[str]) -> str:
@@ -156,15 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     # access stays on for `hf:` sources (the Makefile and CI also switch it off)
     apply_defaults(offline=False, terse=not args.verbose)
     if not args.debug:
+        said = _SaidByTheCli()  # one for both: a task's failure is its flow's too
         for name in ("prefect.flow_runs", "prefect.task_runs"):
-            logging.getLogger(name).addFilter(_NoUserErrorTraceback())
+            logging.getLogger(name).addFilter(said)
     try:
         cfg = load_config(args.params, args.overrides)
         command = COMMANDS[args.command]
         if command.flow:  # a run says what it was configured by
             print(f"config: {_config_source(args.params, args.overrides)}", file=sys.stderr)
             signals.install()
-        status = _resolve(command.target)(cfg, args)
+        target = _resolve(command.target)
+        if not args.debug and command.flow:
+            _quiet_prefect_console()
+        status = target(cfg, args)
         return int(status or 0)
     except UserError as exc:
         if args.debug:

@@ -45,6 +45,11 @@ def _quiet_about_stops(default_hook):
     return hook
 
 
+def pending() -> bool:
+    """Whether Ctrl-C or SIGTERM has asked this process to stop."""
+    return bool(_PENDING)
+
+
 def raise_pending() -> None:
     """Raise the stop a signal asked for, if one did (again, if it was swallowed)."""
     if _PENDING:
