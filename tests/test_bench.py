@@ -3,8 +3,6 @@ RSS of a tree."""
 
 import importlib.util
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 

@@ -19,7 +19,6 @@ import torch.multiprocessing as mp
 from grpo_core.parallel import distributed, sharding
 from grpo_core.algorithm.advantages import group_advantages
 from grpo_core.algorithm.batch import build_batch
-from grpo_core.errors import UserError
 from grpo_core.algorithm.experience import advantages_for
 from grpo_core.algorithm.optim import UpdateHyper
 from grpo_core.algorithm.learner import Learner
