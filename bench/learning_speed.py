@@ -10,7 +10,7 @@ logged by then (the final model for the last mark) and the SFT checkpoint are ev
 on the same first N held-out arithmetic problems, each in its own process, with the paired 95%
 CI of the accuracy difference.
 
-    .venv/bin/python bench/learning_speed.py [--marks 5,10,20,30] [--eval-rows 200] [--set KEY=VALUE]
+    .venv/bin/python bench/learning_speed.py [--marks 5,10,20,30] [--eval-rows 200] [--set KEY=VALUE] [--tag NAME]
     .venv/bin/python bench/learning_speed.py --quick    # minutes: plumbing check, writes no results
 """
 
@@ -88,6 +88,7 @@ def main() -> int:
     ap.add_argument("--checkpoint-every", type=int, default=16)
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--workdir", default="/tmp/grpo-learning-speed")
+    ap.add_argument("--tag", default="", help="names the results file (one arm of a comparison)")
     ap.add_argument("--quick", action="store_true", help="tiny settings and marks; no results")
     ap.add_argument("--eval", nargs=3, metavar=("PARAMS", "CKPT", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -133,7 +134,8 @@ def main() -> int:
               f"{r['difference']:+.1%} (95% CI {r['ci_low']:+.1%} to {r['ci_high']:+.1%}), "
               f"{r['gain_per_minute']:+.2%} a minute")
     if not args.quick:
-        save_json(out, RESULTS / f"learning_speed_{out['date']}.json")
+        tag = f"_{args.tag}" if args.tag else ""
+        save_json(out, RESULTS / f"learning_speed_{out['date']}{tag}.json")
     for ckpt in (root / "models" / "grpo").glob("checkpoints/iter_*"):  # GBs; the figures stay
         shutil.rmtree(ckpt)
     shutil.rmtree(root / "models" / "grpo" / "resume", ignore_errors=True)
