@@ -35,13 +35,18 @@ from learning_task import QUICK, RECIPE, write_params  # noqa: E402
 EXPERIMENT = "learning-task"  # learning_task.write_params's MLflow experiment
 
 
-def checkpoint_minutes(root: Path) -> dict[int, float]:
-    """{iteration with a checkpoint on disk: minutes from the run's start to its log}."""
+def _last_run(root: Path):
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     exp = client.get_experiment_by_name(EXPERIMENT)
-    run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    return client, client.search_runs([exp.experiment_id],
+                                      order_by=["attributes.start_time DESC"])[0]
+
+
+def checkpoint_minutes(root: Path) -> dict[int, float]:
+    """{iteration with a checkpoint on disk: minutes from the run's start to its log}."""
+    client, run = _last_run(root)
     logged = {m.step: m.timestamp for m in
               client.get_metric_history(run.info.run_id, "time/iteration_s")}
     on_disk = {int(p.name.removeprefix("iter_")) for p in
@@ -50,6 +55,24 @@ def checkpoint_minutes(root: Path) -> dict[int, float]:
     last = max(logged)
     out[last] = (logged[last] - run.info.start_time) / 60_000  # the final model
     return out
+
+
+def signal_spent(root: Path) -> dict:
+    """What the run's rollouts bought, from its MLflow metrics (kept with the figures, since
+    the scratch store goes): iterations, informative groups and completions per iteration,
+    informative groups a minute of iterations (engine start and checkpoint writes left out),
+    completions per informative group."""
+    client, run = _last_run(root)
+    history = {key: [m.value for m in client.get_metric_history(run.info.run_id, key)]
+               for key in ("groups/informative", "rollout/completions", "time/iteration_s")}
+    iterations = len(history["time/iteration_s"])
+    informative, completions = sum(history["groups/informative"]), sum(history["rollout/completions"])
+    minutes = sum(history["time/iteration_s"]) / 60
+    return {"iterations": iterations,
+            "informative_groups_per_iteration": informative / max(iterations, 1),
+            "completions_per_iteration": completions / max(iterations, 1),
+            "informative_groups_per_minute": informative / minutes if minutes else 0.0,
+            "completions_per_informative_group": completions / informative if informative else None}
 
 
 def chosen_checkpoints(root: Path, marks: list[float], minutes: dict[int, float]) -> dict:
@@ -127,8 +150,12 @@ def main() -> int:
            "eval": f"arithmetic test, first {before['count']}, greedy, "
                    f"{yaml.safe_load(params.read_text())['evaluate']['max_new_tokens']} tokens",
            "sft_accuracy": before["accuracy"], "marks": rows, "train": train,
+           "rollouts": signal_spent(root),
            "load_avg": load_avg()}
     print(f"SFT checkpoint: {before['accuracy']:.1%} on {before['count']} problems")
+    spent = out["rollouts"]
+    print(f"{spent['iterations']} iterations, {spent['informative_groups_per_iteration']:.2f} "
+          f"informative groups each, {spent['informative_groups_per_minute']:.1f} a minute")
     for r in rows:
         print(f"after {r['minutes']:5.1f} min (iteration {r['iteration']:4d}): {r['accuracy']:.1%}, "
               f"{r['difference']:+.1%} (95% CI {r['ci_low']:+.1%} to {r['ci_high']:+.1%}), "

@@ -6,6 +6,8 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 
@@ -274,3 +276,22 @@ def test_learning_speed_takes_the_last_checkpoint_logged_by_each_mark(tmp_path):
     assert picks[10][2] == tmp_path / "models" / "grpo" / "checkpoints" / "iter_00016"
     # nothing logged by the first mark: that mark has no pick (and is reported as left out)
     assert 1 not in speed.chosen_checkpoints(tmp_path, [1, 30], minutes)
+
+
+def test_learning_speed_keeps_what_the_rollouts_bought_from_the_runs_metrics(tmp_path):
+    import mlflow
+
+    speed = _load("learning_speed")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_experiment(speed.EXPERIMENT)
+    with mlflow.start_run():  # three iterations of 20 s: 1, 0 and 2 informative groups
+        for step, informative, completions in ((1, 1, 32), (2, 0, 32), (3, 2, 64)):
+            mlflow.log_metrics({"groups/informative": informative, "rollout/completions": completions,
+                                "time/iteration_s": 20.0}, step=step)
+    mlflow.set_tracking_uri(None)
+    spent = speed.signal_spent(tmp_path)
+    assert spent["iterations"] == 3
+    assert spent["informative_groups_per_iteration"] == pytest.approx(1.0)
+    assert spent["completions_per_iteration"] == pytest.approx(128 / 3)
+    assert spent["informative_groups_per_minute"] == pytest.approx(3.0)  # 3 in one minute
+    assert spent["completions_per_informative_group"] == pytest.approx(128 / 3)
