@@ -142,14 +142,15 @@ class _SaidByTheCli(logging.Filter):
         self._told_runs: set[str] = set()  # task or flow run ids whose failure the CLI states
 
     def filter(self, record: logging.LogRecord) -> bool:
-        run = str(getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None))
+        run = getattr(record, "task_run_id", None) or getattr(record, "flow_run_id", None)
         if record.exc_info and _told(record.exc_info[1]):
             record.exc_info, record.exc_text = None, None
-            self._told_runs.add(run)
+            if run is not None:  # a record outside any run marks only itself
+                self._told_runs.add(str(run))
         # "Crash detected!" carries no exception; it is logged while handling the stop
         handling = sys.exc_info()[1]
         if record.levelno >= logging.ERROR and (
-                run in self._told_runs or signals.pending() or _told(handling)):
+                str(run) in self._told_runs or signals.pending() or _told(handling)):
             record.said_by_the_cli = True
         return True
 
