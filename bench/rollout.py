@@ -1,7 +1,8 @@
 """Rollout throughput: VLLMEngine vs HFEngine, and the weight-sync time.
 
     .venv/bin/python bench/rollout.py [--quick] [--repeats N] [--json PATH] [--dtype bfloat16]
-    .venv/bin/python bench/rollout.py --compare-compile   # training rollouts: eager vs cpu_compile
+    .venv/bin/python bench/rollout.py --compare before now  # training rollouts, engine settings
+    .venv/bin/python bench/rollout.py --compare-compile     # = --compare now compiled
 
 1. 4 prompts x 8 samples x 128 new tokens (temperature 1), both engines, same dtype.
 2. 200 greedy GSM8K test prompts x 256 new tokens (--quick: 16), both engines.
@@ -28,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 from common import add_repeats_option, median, repeats_of  # noqa: E402
+from rollout_compare import ARMS  # noqa: E402
 from grpo_core.env import apply_defaults  # noqa: E402
 
 apply_defaults(offline=True)
@@ -79,12 +81,14 @@ def main() -> int:
     p.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float32"))
     p.add_argument("--model", default=str(REPO / "models" / "sft"), help="materialised SFT dir")
-    p.add_argument("--compare-compile", action="store_true",
-                   help="only the training rollouts, vLLM eager vs rollout.cpu_compile "
-                        "(bench/rollout_compile.py)")
+    p.add_argument("--compare", nargs="+", metavar="ARM", choices=ARMS,
+                   help=f"only the training rollouts, engines built as these arms ({', '.join(ARMS)}; "
+                        "bench/rollout_compare.py), ratios over the first")
+    p.add_argument("--compare-compile", action="store_const", dest="compare",
+                   const=["now", "compiled"], help="the same as --compare now compiled")
     args = p.parse_args()
-    if args.compare_compile:
-        return compare_compile(args)
+    if args.compare:
+        return compare_arms(args)
 
     import torch
     from transformers import AutoModelForCausalLM
@@ -128,15 +132,15 @@ def main() -> int:
     return 0
 
 
-def compare_compile(args) -> int:
+def compare_arms(args) -> int:
     from grpo_core.checkpoints.sft import materialize
     from grpo_core.config import Config
-    from rollout_compile import compare, gsm8k_train_questions
+    from rollout_compare import compare, gsm8k_train_questions
 
     model_dir = materialize("bundled:smollm2-135m-instruct", args.model)
     data = Path(os.environ.get("GRPO_DATA_DIR", REPO.parent / "shared" / "data"))
     figures = compare(str(model_dir), gsm8k_train_questions(data, 4),
-                      Config().data.prompt.instruction, repeats_of(args))
+                      Config().data.prompt.instruction, repeats_of(args), args.compare)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(figures, indent=1) + "\n")

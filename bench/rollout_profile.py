@@ -33,7 +33,7 @@ def rollout_inputs(overrides: list[str]):
     """(config, the first P GSM8K train questions, sampling settings) as a run has them."""
     from grpo_core.config import load_config
     from grpo_core.rollout import SamplingSettings
-    from rollout_compile import gsm8k_train_questions
+    from rollout_compare import gsm8k_train_questions
 
     cfg = load_config(REPO / "params.yaml", overrides)
     r = cfg.rollout

@@ -70,6 +70,8 @@ RULES = [
      "rollout.cpu_kv_cache_gib: must be 'auto' or a number of GiB > 0, got 0"),
     ("rollout.cpu_kv_cache_gib=big",
      "rollout.cpu_kv_cache_gib: must be 'auto' or a number of GiB > 0, got 'big'"),
+    ("rollout.cpu_kv_block_size=48", "rollout.cpu_kv_block_size must be a multiple of 32, got 48"),
+    ("rollout.cpu_kv_block_size=0", "rollout.cpu_kv_block_size must be >= 32, got 0"),
     ("rollout.gpu_memory_utilization=0", "rollout.gpu_memory_utilization must be > 0.0, got 0"),
     ("rollout.gpu_memory_utilization=1.1",
      "rollout.gpu_memory_utilization must be <= 1.0, got 1.1"),

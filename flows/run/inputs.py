@@ -87,7 +87,8 @@ def engine_options(cfg: Config) -> dict[str, Any]:
                 overlong_prompts=r.overlong_prompts, cpu_kv_cache_gib=r.cpu_kv_cache_gib,
                 gpu_memory_utilization=r.gpu_memory_utilization,
                 tensor_parallel_size=r.tensor_parallel_size, sleep_mode=r.sleep_mode,
-                max_model_len=longest, kv_cache_tokens=batch, cpu_compile=r.cpu_compile)
+                max_model_len=longest, kv_cache_tokens=batch, cpu_compile=r.cpu_compile,
+                cpu_kv_block_size=r.cpu_kv_block_size)
 
 
 def start_engine(cfg: Config, model_dir: str | Path) -> Any:

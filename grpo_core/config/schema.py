@@ -128,6 +128,11 @@ class RolloutConfig(Section):
     # vLLM on CPU: torch.compile the model (about 1.3x the tokens/s, about a minute more per
     # engine start; pays off in runs of more than ~30 iterations). GPU: always compiled.
     cpu_compile: bool = False
+    # vLLM on CPU: tokens per KV-cache block (a multiple of 32). Only full blocks are shared, so
+    # the G samples of a prompt prefill it once only up to its last full block; vLLM's own CPU
+    # default of 128 is longer than most GSM8K prompts, and every sample then prefills its whole
+    # prompt (docs/benchmarks.md). GPU: vLLM's default.
+    cpu_kv_block_size: int = Field(default=32, ge=32, multiple_of=32)
 
     @model_validator(mode="after")
     def _adaptive_sizes_ordered(self) -> "RolloutConfig":

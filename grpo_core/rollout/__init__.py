@@ -186,7 +186,7 @@ ENGINES = {"vllm": "grpo_core.rollout.vllm_engine:VLLMEngine",
 def make_engine(kind: str, model_dir, **options) -> RolloutEngine:
     """Build an engine by name; `options` are the engine's keyword arguments (dtype, seed,
     max_prompt_tokens, overlong_prompts, cpu_kv_cache_gib, gpu_memory_utilization,
-    tensor_parallel_size, sleep_mode, cpu_compile); each engine ignores the ones it has no use for.
+    tensor_parallel_size, sleep_mode, cpu_compile, cpu_kv_block_size); each engine ignores the ones it has no use for.
     dtype 'auto' becomes bfloat16 where the hardware has it natively, else float32."""
     from grpo_core.parallel.hardware import resolve_dtype
 

@@ -29,7 +29,7 @@ class HFEngine:
                  max_prompt_tokens: int = 512, overlong_prompts: str = "skip",
                  batch_size: int = 32, cpu_kv_cache_gib=None, gpu_memory_utilization=None,
                  tensor_parallel_size=None, sleep_mode=None, max_model_len=None,
-                 kv_cache_tokens=None, cpu_compile=None):
+                 kv_cache_tokens=None, cpu_compile=None, cpu_kv_block_size=None):
         """The vLLM memory/parallelism options are accepted (one call site for both engines)
         and have no meaning here."""
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -14,6 +14,9 @@
   vLLM zero-fills the whole cache at start, so all of it is resident memory: "auto" sizes it
   for `kv_cache_tokens` (one rollout batch at full length) instead of a fixed size. The
   context is `max_model_len` (clipped to the model's), so that one full request fits in it.
+  Blocks of `cpu_kv_block_size` tokens (32, not vLLM's CPU default of 128): the G samples of a
+  request share only its prompt's full blocks, so with 128 a prompt shorter than that was
+  prefilled G times over (docs/benchmarks.md).
   GPU: `gpu_memory_utilization`, `tensor_parallel_size` and sleep mode pass through; with sleep
   mode the engine sleeps (level 1: weights to host, KV cache dropped) after each rollout and
   wakes before the next weight push, freeing accelerator memory for the update step.
@@ -55,7 +58,7 @@ class VLLMEngine:
                  cpu_kv_cache_gib: float | str = 2.0, gpu_memory_utilization: float = 0.5,
                  tensor_parallel_size: int = 1, sleep_mode: bool = False,
                  max_model_len: int | None = None, kv_cache_tokens: int | None = None,
-                 cpu_compile: bool = False):
+                 cpu_compile: bool = False, cpu_kv_block_size: int = 32):
         self.on_cpu = current_platform.is_cpu()
         config = json.loads((Path(model_dir) / "config.json").read_text())
         context = config.get("max_position_embeddings")
@@ -68,8 +71,10 @@ class VLLMEngine:
                        use_tqdm_on_load=logging.getLogger("vllm").isEnabledFor(logging.INFO))
         if self.on_cpu:
             os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-            options.update(enforce_eager=not cpu_compile, kv_cache_memory_bytes=cpu_kv_cache_bytes(
-                config, dtype, cpu_kv_cache_gib, max_model_len or context, kv_cache_tokens))
+            kv_bytes = cpu_kv_cache_bytes(config, dtype, cpu_kv_cache_gib,
+                                          max_model_len or context, kv_cache_tokens)
+            options.update(enforce_eager=not cpu_compile, block_size=cpu_kv_block_size,
+                           kv_cache_memory_bytes=kv_bytes)
             if sleep_mode or tensor_parallel_size > 1:
                 log.warning("vLLM on CPU: sleep_mode and tensor_parallel_size are GPU settings; "
                             "ignored")

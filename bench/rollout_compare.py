@@ -1,5 +1,6 @@
-"""Training rollouts with vLLM eager (the default) against `rollout.cpu_compile`, in one run:
-`bench/rollout.py --compare-compile`.
+"""Training rollouts of vLLM engines built with different settings, side by side in one run:
+`bench/rollout.py --compare before now` (what the rollout was before `rollout.cpu_kv_block_size`
+against today's defaults), `--compare-compile` (`now` against `rollout.cpu_compile`).
 
 Both engines get the same pushed weights (the SFT policy with a small seeded perturbation, so
 that a push that did not take would show) and the same GSM8K train prompts rendered as a run
@@ -53,13 +54,19 @@ def logprob_gap(result, model, temperature: float) -> float:
     return float((mine - batch.sampler_logp)[on].abs().mean())
 
 
-def engine_figures(model_dir: str, prompts_of, compiled: bool, repeats: int, policy, base) -> dict:
+# arm -> the engine settings that differ from today's defaults
+ARMS = {"before": {"cpu_kv_block_size": 128},  # vLLM's CPU default, this project's until 2026-12-03
+        "now": {},
+        "compiled": {"cpu_compile": True}}
+
+
+def engine_figures(model_dir: str, prompts_of, arm: str, repeats: int, policy, base) -> dict:
     from grpo_core.rollout import SamplingSettings, make_engine
     from statistics import median
 
     began = time.perf_counter()
     engine = make_engine("vllm", model_dir, dtype="auto", seed=0, cpu_kv_cache_gib=1.0,
-                         cpu_compile=compiled)
+                         **ARMS[arm])
     out = {"start_s": round(time.perf_counter() - began, 1)}
     engine.update_weights(policy.named_parameters())
     prompts = prompts_of(engine.tokenizer)
@@ -71,12 +78,14 @@ def engine_figures(model_dir: str, prompts_of, compiled: bool, repeats: int, pol
         out[name] = {"tokens_per_s": round(median(rates), 1), "runs": [round(r, 1) for r in rates],
                      "logp_gap_pushed": round(logprob_gap(runs[0], policy, shape["temperature"]), 4),
                      "logp_gap_unpushed": round(logprob_gap(runs[0], base, shape["temperature"]), 4)}
-        print(f"  {'compiled' if compiled else 'eager'} {name}: {out[name]}", flush=True)
+        print(f"  {arm} {name}: {out[name]}", flush=True)
     engine.close()
     return out
 
 
-def compare(model_dir: str, questions: list[str], instruction: str, repeats: int) -> dict:
+def compare(model_dir: str, questions: list[str], instruction: str, repeats: int,
+            arms: list[str]) -> dict:
+    """Each arm's figures, and every later arm's tokens/s over the first arm's."""
     from grpo_core.data.prompts import render_prompts
 
     policy, base = perturbed(model_dir)
@@ -84,18 +93,19 @@ def compare(model_dir: str, questions: list[str], instruction: str, repeats: int
     def prompts_of(tokenizer):
         return render_prompts(tokenizer, questions, instruction=instruction)
 
-    figures = {"eager": engine_figures(model_dir, prompts_of, False, repeats, policy, base),
-               "compiled": engine_figures(model_dir, prompts_of, True, repeats, policy, base)}
-    for name in SHAPES:
-        old, new = figures["eager"][name], figures["compiled"][name]
-        ratio = new["tokens_per_s"] / old["tokens_per_s"]
-        figures.setdefault("ratio_compiled_over_eager", {})[name] = round(ratio, 2)
-        print(f"{name:18s} eager {old['tokens_per_s']:6.1f} tok/s  cpu_compile "
-              f"{new['tokens_per_s']:6.1f} tok/s  ratio {ratio:4.2f}x (target 2x)  |logp gap| "
-              f"pushed {old['logp_gap_pushed']:.3f} / {new['logp_gap_pushed']:.3f}, unpushed "
-              f"{old['logp_gap_unpushed']:.3f} / {new['logp_gap_unpushed']:.3f}")
-    print(f"engine start: eager {figures['eager']['start_s']} s, cpu_compile "
-          f"{figures['compiled']['start_s']} s")
+    figures = {arm: engine_figures(model_dir, prompts_of, arm, repeats, policy, base)
+               for arm in arms}
+    first = arms[0]
+    for arm in arms[1:]:
+        for name in SHAPES:
+            old, new = figures[first][name], figures[arm][name]
+            ratio = new["tokens_per_s"] / old["tokens_per_s"]
+            figures.setdefault(f"ratio_{arm}_over_{first}", {})[name] = round(ratio, 2)
+            print(f"{name:18s} {first} {old['tokens_per_s']:6.1f} tok/s  {arm} "
+                  f"{new['tokens_per_s']:6.1f} tok/s  ratio {ratio:4.2f}x (target 2x)  |logp gap| "
+                  f"pushed {old['logp_gap_pushed']:.3f} / {new['logp_gap_pushed']:.3f}, unpushed "
+                  f"{old['logp_gap_unpushed']:.3f} / {new['logp_gap_unpushed']:.3f}")
+    print("engine start: " + ", ".join(f"{arm} {figures[arm]['start_s']} s" for arm in arms))
     return figures
 
 
