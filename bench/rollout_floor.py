@@ -104,20 +104,12 @@ def peak_gflops(dtype, n: int = 2048) -> float:
     return 2 * n**3 / best / 1e9
 
 
-def measured_rollout(overrides: list[str], repeats: int) -> dict:
+def measured_rollout(overrides: list[str], repeats: int, model: str) -> dict:
     """The engine as a run builds it: tokens/s, decode steps and per-step figures."""
-    import rollout_profile
-    from flows.run.inputs import start_engine
-    from grpo_core.checkpoints.sft import materialize
-    from grpo_core.data.prompts import render_prompts
+    from rollout_profile import training_engine
 
-    cfg, questions, sampling = rollout_profile.rollout_inputs(overrides)
-    model_dir = materialize("bundled:smollm2-135m-instruct", "/tmp/grpo-profile-sft")
-    engine = start_engine(cfg, model_dir)
-    p = cfg.data.prompt
-    prompts = render_prompts(engine.tokenizer, questions, system=p.system, instruction=p.instruction)
+    cfg, model_dir, engine, prompts, sampling = training_engine(overrides, model)
     g = cfg.rollout.group_size
-    engine.generate(prompts, g, sampling)  # warm-up
     results = [engine.generate(prompts, g, sampling) for _ in range(repeats)]
     engine.close()
     result = sorted(results, key=lambda r: r.seconds)[len(results) // 2]
@@ -128,17 +120,9 @@ def measured_rollout(overrides: list[str], repeats: int) -> dict:
     return dict(config=json.loads(Path(model_dir, "config.json").read_text()),
                 dtype=str(engine.dtype).removeprefix("torch."), shape=f"{len(prompts)} x {g} x "
                 f"{sampling.max_new_tokens}", tokens=sum(lengths), steps=steps,
-                tokens_per_s=[round(sum(len(c.token_ids) for grp in r.groups
-                                        for c in grp.completions) / r.seconds, 1) for r in results],
+                tokens_per_s=[round(r.metrics()["rollout/tokens_per_s"], 1) for r in results],
                 step_ms=1000 * result.seconds / steps, rows=round(sum(lengths) / steps),
                 mean_context=sum(contexts) / len(contexts))
-
-
-def kv_bytes(config: dict, rows: int, context: float, element: int) -> float:
-    """KV-cache bytes that one decode step reads: every layer, row and cached position."""
-    d = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
-    kv_width = 2 * config["num_key_value_heads"] * d  # a key and a value per KV head
-    return config["num_hidden_layers"] * rows * context * kv_width * element
 
 
 def main() -> int:
@@ -146,17 +130,22 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], dest="overrides")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", metavar="PATH", help="also write the figures as JSON")
+    ap.add_argument("--model", default="/tmp/grpo-profile-sft", help="materialised SFT dir")
     args = ap.parse_args()
 
     import torch
 
-    run = measured_rollout(args.overrides, args.repeats)
+    from grpo_core.rollout import kv_bytes_per_token
+
+    run = measured_rollout(args.overrides, args.repeats, args.model)
     dtype = getattr(torch, run["dtype"])
     element = torch.empty(0, dtype=dtype).element_size()
     kernels = {name: gemm_ms(make, run["config"], run["rows"], dtype)
                for name, make in KERNELS.items()}
     bandwidth, peak = read_gb_per_s(), peak_gflops(dtype)
-    kv_ms = kv_bytes(run["config"], run["rows"], run["mean_context"], element) / bandwidth / 1e6
+    # one decode step reads the cache of every running row at its whole context
+    kv_read = run["rows"] * run["mean_context"] * kv_bytes_per_token(run["config"], element)
+    kv_ms = kv_read / bandwidth / 1e6
     layer, head, layers = weight_shapes(run["config"])
     params = layers * sum(n * k for n, k in layer) + head[0] * head[1]
     roofline_ms = max(2 * params * run["rows"] / peak / 1e6, params * element / bandwidth / 1e6)

@@ -42,6 +42,22 @@ def rollout_inputs(overrides: list[str]):
                                             max_new_tokens=r.max_new_tokens, seed=0)
 
 
+def training_engine(overrides: list[str], model: str):
+    """(config, model dir, the engine a run starts on it, the run's rendered prompts, sampling
+    settings), the engine warmed up by one rollout."""
+    from flows.run.inputs import start_engine
+    from grpo_core.checkpoints.sft import materialize
+    from grpo_core.data.prompts import render_prompts
+
+    cfg, questions, sampling = rollout_inputs(overrides)
+    model_dir = materialize("bundled:smollm2-135m-instruct", model)
+    engine = start_engine(cfg, model_dir)
+    p = cfg.data.prompt
+    prompts = render_prompts(engine.tokenizer, questions, system=p.system, instruction=p.instruction)
+    engine.generate(prompts, cfg.rollout.group_size, sampling)  # warm-up
+    return cfg, model_dir, engine, prompts, sampling
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--set", action="append", default=[], dest="overrides")
@@ -53,19 +69,10 @@ def main() -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from flows.run.inputs import start_engine
-    from grpo_core.checkpoints.sft import materialize
-    from grpo_core.data.prompts import render_prompts
-
-    cfg, questions, sampling = rollout_inputs(args.overrides)
-    model_dir = materialize("bundled:smollm2-135m-instruct", args.model)
+    cfg, model_dir, engine, prompts, sampling = training_engine(args.overrides, args.model)
     policy = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)  # as in training
-    engine = start_engine(cfg, model_dir)
-    p = cfg.data.prompt
-    prompts = render_prompts(engine.tokenizer, questions, system=p.system, instruction=p.instruction)
     engine.update_weights(policy.named_parameters())
     g = cfg.rollout.group_size
-    engine.generate(prompts, g, sampling)  # warm-up
     rates = []
     for _ in range(args.repeats):
         m = engine.generate(prompts, g, sampling).metrics()

@@ -111,10 +111,12 @@ def test_the_samples_of_a_prompt_share_its_full_kv_blocks(engine, prompts):
     prefilled this prompt (well under 128 tokens) once per sample."""
     assert engine.llm.llm_engine.vllm_config.cache_config.block_size == 32
     model = engine.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-    processed = []
-    hook = model.register_forward_pre_hook(
-        lambda _, args, kwargs: processed.append((kwargs.get("input_ids", args[0] if args else None))
-                                                 .shape[0]), with_kwargs=True)
+    processed = []  # tokens each forward pass computes
+
+    def count(_, args, kwargs):
+        processed.append(kwargs.get("input_ids", args[0] if args else None).shape[0])
+
+    hook = model.register_forward_pre_hook(count, with_kwargs=True)
     g, prompt = 4, prompts[2]
     try:
         engine.llm.reset_prefix_cache()
@@ -124,6 +126,7 @@ def test_the_samples_of_a_prompt_share_its_full_kv_blocks(engine, prompts):
     length = len(result.groups[0].prompt_ids)
     assert 64 < length < 128
     assert length <= sum(processed) <= length + (g - 1) * 32
+
 
 def test_vllm_stop_strings_end_completions(engine, prompts):
     result = engine.generate(prompts, 4, SamplingSettings(temperature=1.0, max_new_tokens=48,
