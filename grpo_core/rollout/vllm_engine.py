@@ -8,8 +8,8 @@
   happens again), then `reset_prefix_cache()`, because cached prefixes hold keys/values of
   the old weights. Calling the live model's `load_weights` directly fails on CPU.
 - CPU: eager unless `cpu_compile` (torch.compile of the model: fused norms and activations,
-  about 1.3x the tokens/s of the default rollout for about a minute more at each engine start;
-  docs/benchmarks.md), KV cache size from `cpu_kv_cache_gib` (exact bytes, not the integer
+  1.04-1.33x the tokens/s of the default rollout, by machine, for 40-130 s more at each engine
+  start; docs/benchmarks.md), KV cache size from `cpu_kv_cache_gib` (exact bytes, not the integer
   `VLLM_CPU_KVCACHE_SPACE`, which would override it and is therefore removed from the env).
   vLLM zero-fills the whole cache at start, so all of it is resident memory: "auto" sizes it
   for `kv_cache_tokens` (one rollout batch at full length) instead of a fixed size. The
