@@ -141,10 +141,10 @@ def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
 
 
 def test_shared_prompt_forward_under_gradient_checkpointing(tiny_llama_factory):
-    """With HF gradient checkpointing the prompt pass keeps its activations and the completion
-    pass is checkpointed, reading the prompt's keys/values from a read-only cache: values and
-    gradients equal the plain forward's, and a decoder layer runs 3 times per micro-batch
-    (prompt, completions, completions replayed in backward)."""
+    """With HF gradient checkpointing both passes are checkpointed, the completion pass reading
+    the prompt's keys/values from a read-only cache: values and gradients equal the plain
+    forward's, and a decoder layer runs 4 times per micro-batch (prompt, completions, and
+    each replayed once in backward)."""
     from grpo_core.algorithm.batch import prompt_chunks
 
     model = tiny_llama_factory()
@@ -166,6 +166,35 @@ def test_shared_prompt_forward_under_gradient_checkpointing(tiny_llama_factory):
     torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
     for a, c in zip(results[False][1], results[True][1]):
         torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
-    assert results[False][2] == 2 and results[True][2] == 3
+    assert results[False][2] == 2 and results[True][2] == 4
     assert all(layer.gradient_checkpointing for layer in model.model.layers)
     assert not any("_can_checkpoint_with_cache" in layer.__dict__ for layer in model.model.layers)
+
+
+def test_checkpointed_shared_prompt_keeps_no_weight_casts(tiny_llama_factory):
+    """Under gradient checkpointing and bfloat16 autocast, what the forward keeps for backward
+    is inputs and a few boundary tensors, not the bfloat16 casts of the decoder weights that
+    an un-checkpointed prompt pass would save (2 bytes a weight): the memory checkpointing
+    promises, with the prompt run once per group."""
+    from grpo_core.algorithm.batch import prompt_chunks
+
+    model = tiny_llama_factory(hidden_size=256, intermediate_size=512)
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    mb = group_batch()
+    mb = mb.rows(prompt_chunks(mb, torch.arange(6), 8)[0])
+    layer_cast_bytes = 2 * sum(p.numel() for p in model.model.layers.parameters())
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    for share in (True, False):
+        saved.clear()
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
+                torch.autocast("cpu", dtype=torch.bfloat16):
+            logp = token_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask,
+                                  share_prompt=share)
+        logp.sum().backward()
+        assert sum(saved) < layer_cast_bytes / 4, (share, sum(saved), layer_cast_bytes)

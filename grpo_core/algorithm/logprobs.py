@@ -118,17 +118,24 @@ def _shared_prompt_hidden(backbone: nn.Module, input_ids: Tensor, prompt_len: in
     the forward and backward cost drops by a factor of G. Right padding after a completion
     needs no mask: causal attention never lets a real token see a later pad.
 
-    Under gradient checkpointing (HF's, per decoder layer) the prompt pass, one row, keeps
-    its activations; the completion pass is checkpointed and reads the prompt's keys/values
-    from a read-only cache, so a layer's replay in backward sees the same inputs."""
+    Under gradient checkpointing (HF's, per decoder layer) both passes recompute in backward.
+    The prompt pass, one row, is checkpointed as a whole: it keeps only its keys/values and
+    last hidden state, not its activations or the bfloat16 casts of every weight that autocast
+    would save for its backward (2 bytes a weight). The completion pass is checkpointed per
+    layer and reads the prompt's keys/values from a read-only cache, so a layer's replay in
+    backward sees the same inputs."""
     b = input_ids.shape[0]
+    prompt_ids = input_ids[:1, :prompt_len]
+    if torch.is_grad_enabled() and _checkpointing(backbone):
+        last, keys, values = checkpoint(_prompt_pass, backbone, prompt_ids, use_reentrant=False)
+    else:
+        last, keys, values = _prompt_pass(backbone, prompt_ids)
     cache = _PromptCache()
-    with _layers_set(backbone, gradient_checkpointing=False):  # HF would drop the cache
-        prompt = backbone(input_ids=input_ids[:1, :prompt_len], use_cache=True,
-                          past_key_values=cache)
+    for layer, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k, v, layer)
     cache.batch_repeat_interleave(b)
     cache.read_only = True
-    last = prompt[0][:, -1:].expand(b, -1, -1)  # (B, 1, H): predicts completion token 0
+    last = last.expand(b, -1, -1)  # (B, 1, H): predicts completion token 0
     rest = input_ids[:, prompt_len:-1]  # (B, T - 1): completion tokens 0..T-2
     if rest.shape[1] == 0:
         return last
@@ -137,6 +144,23 @@ def _shared_prompt_hidden(backbone: nn.Module, input_ids: Tensor, prompt_len: in
         out = backbone(input_ids=rest, past_key_values=cache, use_cache=False,
                        position_ids=positions.expand(b, -1))
     return torch.cat([last, out[0]], dim=1)
+
+
+def _prompt_pass(backbone: nn.Module, prompt_ids: Tensor
+                 ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """One prompt `(1, P)` through the backbone -> its last hidden state `(1, 1, H)` and
+    every layer's keys and values `(1, heads, P, head_dim)`."""
+    cache = DynamicCache()
+    with _layers_set(backbone, gradient_checkpointing=False):  # HF would drop the cache
+        out = backbone(input_ids=prompt_ids, use_cache=True, past_key_values=cache)
+    return (out[0][:, -1:], tuple(layer.keys for layer in cache.layers),
+            tuple(layer.values for layer in cache.layers))
+
+
+def _checkpointing(backbone: nn.Module) -> bool:
+    """Whether the backbone's decoder layers recompute their activations in backward (as HF
+    decides it: checkpointing on, and in training mode)."""
+    return any(m.gradient_checkpointing and m.training for m in _checkpoint_layers(backbone))
 
 
 class _PromptCache(DynamicCache):
@@ -158,9 +182,7 @@ class _PromptCache(DynamicCache):
 @contextlib.contextmanager
 def _layers_set(backbone: nn.Module, **values) -> Iterator[None]:
     """Set attributes on the backbone's checkpointable decoder layers for the duration."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    layers = [m for m in backbone.modules() if isinstance(m, GradientCheckpointingLayer)]
+    layers = _checkpoint_layers(backbone)
     saved = [{k: m.__dict__[k] for k in values if k in m.__dict__} for m in layers]
     try:
         for m in layers:
@@ -174,6 +196,12 @@ def _layers_set(backbone: nn.Module, **values) -> Iterator[None]:
                     setattr(m, k, before[k])
                 else:
                     m.__dict__.pop(k, None)
+
+
+def _checkpoint_layers(backbone: nn.Module) -> list[nn.Module]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in backbone.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
 class TokenLogprobs(nn.Module):
