@@ -13,7 +13,7 @@ from grpo_core.algorithm.batch import build_batch
 from grpo_core.config import AlgorithmConfig, TrainConfig
 from grpo_core.algorithm.logprobs import naive_token_logprobs, token_logprobs
 from grpo_core.algorithm.losses import AGGREGATIONS
-from grpo_core.algorithm.optim import UpdateHyper, lr_factor
+from grpo_core.algorithm.optim import UpdateHyper, lr_factor, make_optimizer
 from grpo_core.algorithm.learner import Learner
 
 P, G = 2, 4
@@ -265,6 +265,32 @@ def test_lr_schedule_warmup_then_decay():
     assert [round(f(i), 4) for i in range(7)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0]
     c = lr_factor("cosine", warmup=0, total=4)
     assert c(0) == 1.0 and c(2) == pytest.approx(0.5) and c(4) == pytest.approx(0.0)
+
+
+def test_fused_adamw_steps_as_the_default_one():
+    """Plain tensors get AdamW's fused kernel, and three of its steps (weight decay, warm-up
+    schedule) move the weights as PyTorch's default implementation does."""
+    torch.manual_seed(0)
+    start = [torch.randn(7, 5), torch.randn(5)]
+    grads = [[torch.randn_like(p) for p in start] for _ in range(3)]
+    h = hyper(weight_decay=0.1, warmup_iterations=2)
+    fused = [torch.nn.Parameter(p.clone()) for p in start]
+    plain = [torch.nn.Parameter(p.clone()) for p in start]
+    opt, sched = make_optimizer(fused, h)
+    ref = torch.optim.AdamW(plain, lr=h.learning_rate, betas=h.adam_betas,
+                            weight_decay=h.weight_decay)
+    ref_sched = torch.optim.lr_scheduler.LambdaLR(
+        ref, lr_factor(h.lr_schedule, h.warmup_iterations, h.iterations))
+    assert opt.defaults["fused"] and not ref.defaults["fused"]
+    for step in grads:
+        for o, s, params in ((opt, sched, fused), (ref, ref_sched, plain)):
+            for p, g in zip(params, step):
+                p.grad = g.clone()
+            o.step()
+            s.step()
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(fused[0], start[0])
 
 
 def test_save_refuses_non_finite_weights(tiny_llama, tmp_path):
