@@ -58,13 +58,16 @@ def sft_dir() -> str:
 
 
 # ------------------------------------------------------------------------------ ours
-def ours(root: Path, steps: int, loss: str, model: str) -> dict:
-    import yaml
+# The one dataset both sides train on: TRL reads its prompts from this file (`trl_dataset`),
+# ours prepares the same split (the product's default training set is another one).
+TRAIN_SET = {"name": "gsm8k", "split": "train"}
 
-    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no resume state, one MLflow run
-    root.mkdir(parents=True)
-    params = {
-        "data": {"dir": data_dir(), "processed_dir": str(root / "data" / "processed")},
+
+def our_params(root: Path, steps: int, loss: str, model: str) -> dict:
+    """params.yaml of our side."""
+    return {
+        "data": {"dir": data_dir(), "processed_dir": str(root / "data" / "processed"),
+                 "train": [TRAIN_SET]},
         "checkpoint": {"source": model, "output_dir": str(root / "models" / "sft")},
         "rollout": {"engine": "vllm", "prompts_per_iteration": SHAPE["prompts"],
                     "group_size": SHAPE["group"], "max_new_tokens": SHAPE["new_tokens"]},
@@ -76,6 +79,14 @@ def ours(root: Path, steps: int, loss: str, model: str) -> dict:
         "evaluate": {"datasets": [{"name": "gsm8k", "split": "test", "rows": 1}]},
         "tracking": {"mlflow_tracking_uri": f"sqlite:///{root / 'mlflow.db'}", "experiment": "vs_trl"},
     }
+
+
+def ours(root: Path, steps: int, loss: str, model: str) -> dict:
+    import yaml
+
+    shutil.rmtree(root, ignore_errors=True)  # a fresh run: no resume state, one MLflow run
+    root.mkdir(parents=True)
+    params = our_params(root, steps, loss, model)
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env(root)
     prep = run_child([str(BIN / "grpo"), "prepare"], root, env, log=root / "prepare.log")
@@ -84,10 +95,24 @@ def ours(root: Path, steps: int, loss: str, model: str) -> dict:
     run = run_child([str(BIN / "grpo"), "train", "--no-eval"], root, env, log=root / "train.log")
     if run["rc"]:
         sys.exit(f"grpo train failed: see {root / 'train.log'}")
+    check_trained_on(root / "rollouts", "{name}/{split}/".format(**TRAIN_SET))
     with open(root / "metrics" / "train_history.csv") as f:
         times = [float(r["time/iteration_s"]) for r in csv.DictReader(f)]
     return {**run, "step_seconds": wall_periods(root), "iteration_seconds": times[1:],
             "warmup_seconds": times[0]}
+
+
+def check_trained_on(rollouts: Path, prefix: str) -> None:
+    """Stop unless every rollout prompt of our run came from TRL's dataset: a comparison on
+    other prompts (shorter, with shorter answers) measures something else."""
+    import pandas as pd
+
+    ids = pd.concat([pd.read_parquet(f, columns=["prompt_id"])
+                     for f in sorted(rollouts.glob("iter_*.parquet"))])["prompt_id"]
+    other = ids[~ids.str.startswith(prefix)]
+    if len(other):
+        sys.exit(f"our side trained on {other.iloc[0]!r}, not on {prefix}*: the two sides "
+                 f"must share a dataset (bench/vs_trl.py TRAIN_SET)")
 
 
 def wall_periods(root: Path) -> list[float]:
@@ -129,7 +154,8 @@ def trl_dataset(n: int):
 
     instruction = PromptConfig().instruction
     rows = []
-    with open(Path(data_dir()) / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
+    path = Path(data_dir()) / TRAIN_SET["name"] / f"{TRAIN_SET['split']}.jsonl"
+    with open(path, encoding="utf-8") as f:
         for _, line in zip(range(n), f):
             r = json.loads(line)
             rows.append({"prompt": messages(r["question"], instruction=instruction),

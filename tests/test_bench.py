@@ -158,6 +158,31 @@ def test_run_all_only_keeps_the_other_summary_entries(tmp_path, monkeypatch):
     assert run_all.merged({"vs_trl": {"rc": 0}}, quick=True) == {"vs_trl": {"rc": 0}}
 
 
+def test_vs_trl_sides_train_on_one_dataset(tmp_path):
+    """Our side's params, read by the product's own loader, train on the split TRL reads
+    (the product's default training set is another); a run that drew other prompts stops
+    the benchmark with the prompt it found."""
+    import pandas as pd
+    import yaml
+
+    from grpo_core.config import load_config
+
+    vs_trl = _load("vs_trl")
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(vs_trl.our_params(tmp_path, 3, "token_mean", "sft")))
+    train = load_config(path).data.train
+    assert [(d.name, d.split) for d in train] == [("gsm8k", "train")]
+    assert [(d.name, d.split) for d in load_config(None).data.train] != [("gsm8k", "train")]
+    rollouts = tmp_path / "rollouts"
+    rollouts.mkdir()
+    pd.DataFrame({"prompt_id": ["gsm8k/train/3", "gsm8k/train/9"]}).to_parquet(
+        rollouts / "iter_00001.parquet")
+    vs_trl.check_trained_on(rollouts, "gsm8k/train/")
+    pd.DataFrame({"prompt_id": ["arithmetic/train/637"]}).to_parquet(rollouts / "iter_00002.parquet")
+    with pytest.raises(SystemExit, match="trained on 'arithmetic/train/637', not on gsm8k/train/"):
+        vs_trl.check_trained_on(rollouts, "gsm8k/train/")
+
+
 def test_saved_tensors_counts_weight_casts_only_under_autocast(tiny_llama_factory):
     """float32 saves the parameters themselves (no extra memory), bf16 autocast saves bf16
     copies of the weights and bf16 activations; both save float32 activations too."""
