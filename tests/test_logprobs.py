@@ -137,7 +137,60 @@ def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
     for a, c in zip(plain[2], shared[2]):
         torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
     assert plain[3] == [(3, 9), (3, 6)]  # prompt + longest completion, per row
-    assert shared[3] == [(1, 5), (3, 3), (1, 3), (3, 2)]  # prompt once, then completions
+    # prompt once, then the completions; a one-token completion needs only the prompt's pass
+    assert shared[3] == [(1, 5), (3, 3), (1, 3), (2, 2)]
+
+
+def test_completion_pass_runs_rows_of_similar_length_together(tiny_llama):
+    """One long sample among short ones: the completion pass runs the long row alone at its
+    width and the short rows at theirs, and values and gradients still equal the per-row
+    forward's (the columns a short row does not run are padding it never reads)."""
+    long, short = list(range(10, 50)), [[51, 52], [53], [54, 55], [56, 57], [58, 59]]
+    b = build_batch([[1, 5, 9]] * 6, [long, *short], torch.tensor([1.0, -1, 0.5, -0.5, 2, -2]),
+                    pad_id=0)
+    results = {}
+    for share in (False, True):
+        tiny_llama.zero_grad()
+        rows_seen = []
+        hook = tiny_llama.model.register_forward_pre_hook(
+            lambda module, args, kwargs: rows_seen.append(tuple(kwargs["input_ids"].shape)),
+            with_kwargs=True)
+        logp = token_logprobs(tiny_llama, b.input_ids, b.attention_mask, b.completion_mask,
+                              share_prompt=share)
+        hook.remove()
+        (logp * b.advantages[:, None]).sum().backward()
+        results[share] = (logp.detach(), [p.grad.clone() for p in tiny_llama.parameters()],
+                          rows_seen)
+    torch.testing.assert_close(results[True][0], results[False][0], atol=1e-5, rtol=1e-4)
+    for a, c in zip(results[False][1], results[True][1]):
+        torch.testing.assert_close(c, a, atol=1e-5, rtol=1e-4)
+    assert results[False][2] == [(6, 43)]
+    # the prompt, the long row, the two-token rows ([53] needs only the prompt's pass)
+    assert results[True][2] == [(1, 3), (1, 39), (4, 1)]
+
+
+def test_length_buckets_is_the_cheapest_split():
+    """Against every split of the rows sorted by width (2^(n-1) of them): the buckets cover
+    each row once, and their padded tokens plus the per-pass cost are the least."""
+    import itertools
+
+    from grpo_core.algorithm.logprobs import BUCKET_COST_TOKENS, length_buckets
+
+    def cost(buckets):
+        return sum(len(rows) * (w - 1) + (BUCKET_COST_TOKENS if w > 1 else 0)
+                   for rows, w in buckets)
+
+    gen = torch.Generator().manual_seed(0)
+    for widths in ([128, 40, 40, 38, 120, 35, 0, 1], [5] * 8, [1, 1], [128],
+                   *(torch.randint(0, 129, (8,), generator=gen).tolist() for _ in range(20))):
+        buckets = length_buckets(widths)
+        assert sorted(r for rows, _ in buckets for r in rows) == list(range(len(widths)))
+        assert all(w == max(1, *(widths[r] for r in rows)) for rows, w in buckets)
+        w = sorted((max(x, 1) for x in widths), reverse=True)
+        best = min(cost([([0] * (b - a), w[a]) for a, b in zip((0, *cuts), (*cuts, len(w)))])
+                   for k in range(len(w)) for cuts in itertools.combinations(range(1, len(w)), k))
+        assert cost(buckets) == best, widths
+    assert length_buckets([128, 20, 20, 20, 20, 20, 20, 20]) == [([0], 128), ([1, 2, 3, 4, 5, 6, 7], 20)]
 
 
 def test_shared_prompt_forward_under_gradient_checkpointing(tiny_llama_factory):

@@ -79,7 +79,7 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
         raise ValueError(f"need at least one prompt token: input is {length} wide, completions {t}")
     backbone, head, cap = _head_parts(model)
     if share_prompt and b > 1 and _one_prompt(input_ids, attention_mask, length - t):
-        hidden = _shared_prompt_hidden(backbone, input_ids, length - t)
+        hidden = _shared_prompt_hidden(backbone, input_ids, length - t, _widths(completion_mask))
     else:
         out = backbone(input_ids=input_ids, attention_mask=attention_mask,
                        position_ids=position_ids_for(attention_mask), use_cache=False)
@@ -110,40 +110,95 @@ def _one_prompt(input_ids: Tensor, attention_mask: Tensor, prompt_len: int) -> b
     return bool(attention_mask[:, :prompt_len].all()) and bool((prompt == prompt[:1]).all())
 
 
-def _shared_prompt_hidden(backbone: nn.Module, input_ids: Tensor, prompt_len: int) -> Tensor:
+def _shared_prompt_hidden(backbone: nn.Module, input_ids: Tensor, prompt_len: int,
+                          widths: list[int]) -> Tensor:
     """The `(B, T, H)` hidden states that predict the completion tokens, with the shared
     prompt run ONCE: its keys/values (still in the autograd graph, so gradients from every
-    completion flow back through them) are repeated over the B rows, and only the completion
+    completion flow back through them) are repeated over the rows, and only the completion
     columns run per row. A group's G completions share one prompt, so the prompt's share of
-    the forward and backward cost drops by a factor of G. Right padding after a completion
-    needs no mask: causal attention never lets a real token see a later pad.
+    the forward and backward cost drops by a factor of G.
+
+    `widths[i]`: row i's completion columns up to its last real token. The completion pass
+    runs on rows of similar width together (`length_buckets`), each bucket cut to its own
+    width, so a group whose longest sample is truncated does not pay that width for its
+    short ones; the columns a row does not run stay zero. Right padding inside a bucket needs
+    no mask: causal attention never lets a real token see a later pad.
 
     Under gradient checkpointing (HF's, per decoder layer) both passes recompute in backward.
     The prompt pass, one row, is checkpointed as a whole: it keeps only its keys/values and
     last hidden state, not its activations or the bfloat16 casts of every weight that autocast
-    would save for its backward (2 bytes a weight). The completion pass is checkpointed per
-    layer and reads the prompt's keys/values from a read-only cache, so a layer's replay in
+    would save for its backward (2 bytes a weight). The completion passes are checkpointed per
+    layer and read the prompt's keys/values from a read-only cache, so a layer's replay in
     backward sees the same inputs."""
-    b = input_ids.shape[0]
+    length = input_ids.shape[1]
     prompt_ids = input_ids[:1, :prompt_len]
     if torch.is_grad_enabled() and _checkpointing(backbone):
-        last, keys, values = checkpoint(_prompt_pass, backbone, prompt_ids, use_reentrant=False)
+        prompt = checkpoint(_prompt_pass, backbone, prompt_ids, use_reentrant=False)
     else:
-        last, keys, values = _prompt_pass(backbone, prompt_ids)
-    cache = _PromptCache()
-    for layer, (k, v) in enumerate(zip(keys, values)):
-        cache.update(k, v, layer)
-    cache.batch_repeat_interleave(b)
-    cache.read_only = True
-    last = last.expand(b, -1, -1)  # (B, 1, H): predicts completion token 0
-    rest = input_ids[:, prompt_len:-1]  # (B, T - 1): completion tokens 0..T-2
-    if rest.shape[1] == 0:
-        return last
-    positions = torch.arange(prompt_len, prompt_len + rest.shape[1], device=input_ids.device)
-    with _layers_set(backbone, _can_checkpoint_with_cache=True):  # reads, never writes: safe
-        out = backbone(input_ids=rest, past_key_values=cache, use_cache=False,
-                       position_ids=positions.expand(b, -1))
-    return torch.cat([last, out[0]], dim=1)
+        prompt = _prompt_pass(backbone, prompt_ids)
+    t = length - prompt_len
+    buckets = length_buckets(widths)
+    parts = [_completion_pass(backbone, input_ids[rows, prompt_len:prompt_len + width - 1],
+                              prompt, prompt_len, t) for rows, width in buckets]
+    order = torch.tensor([r for rows, _ in buckets for r in rows], device=input_ids.device)
+    return torch.cat(parts)[torch.argsort(order)]
+
+
+def _completion_pass(backbone: nn.Module, tokens: Tensor, prompt: tuple, prompt_len: int,
+                     t: int) -> Tensor:
+    """Completion tokens `(n, w - 1)` (0..w-2) after the prompt's cache -> the hidden states
+    `(n, t, H)` that predict completion tokens 0..w-1, zero beyond."""
+    last, keys, values = prompt
+    n = tokens.shape[0]
+    hidden = last.expand(n, -1, -1)  # (n, 1, H): predicts completion token 0
+    if tokens.shape[1]:
+        cache = _PromptCache()
+        for layer, (k, v) in enumerate(zip(keys, values)):
+            cache.update(k, v, layer)
+        cache.batch_repeat_interleave(n)
+        cache.read_only = True
+        positions = torch.arange(prompt_len, prompt_len + tokens.shape[1], device=tokens.device)
+        with _layers_set(backbone, _can_checkpoint_with_cache=True):  # reads, never writes: safe
+            out = backbone(input_ids=tokens, past_key_values=cache, use_cache=False,
+                           position_ids=positions.expand(n, -1))
+        hidden = torch.cat([hidden, out[0]], dim=1)
+    return nn.functional.pad(hidden, (0, 0, 0, t - hidden.shape[1]))
+
+
+# What one more completion pass costs, in padded tokens: each pass replays every layer and adds
+# every weight's gradient into float32, and its matrix products are smaller. Measured for
+# SmolLM2-135M on 2 cores under bfloat16 autocast (docs/benchmarks.md): 0.29 s a pass against
+# ~2.6 ms a token with gradients, 51 ms against ~0.6 ms without, about 100 tokens either way.
+BUCKET_COST_TOKENS = 96
+
+
+def length_buckets(widths: list[int]) -> list[tuple[list[int], int]]:
+    """Rows grouped for the completion pass: `(rows, width)` pairs covering every row once,
+    minimising the padded tokens `sum(len(rows) * (width - 1))` plus `BUCKET_COST_TOKENS` a
+    pass. Exact: the best split of the rows sorted by width (a shortest path over cut points)."""
+    order = sorted(range(len(widths)), key=lambda i: -widths[i])
+    w = [max(widths[i], 1) for i in order]  # a row with no real token still yields column 0
+    n = len(w)
+    best, cut = [0.0] + [float("inf")] * n, [0] * (n + 1)
+    for j in range(1, n + 1):  # best[j]: rows order[:j] bucketed
+        for i in range(j):  # bucket order[i:j], as wide as its widest row, order[i]
+            cost = best[i] + (j - i) * (w[i] - 1) + (BUCKET_COST_TOKENS if w[i] > 1 else 0)
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    buckets, j = [], n
+    while j:
+        i = cut[j]
+        buckets.append((order[i:j], w[i]))
+        j = i
+    return buckets[::-1]
+
+
+def _widths(completion_mask: Tensor) -> list[int]:
+    """`(B, T)` mask -> each row's columns up to its last real token (0 for none)."""
+    t = completion_mask.shape[1]
+    on = completion_mask.bool()
+    last = t - on.flip(1).to(torch.int8).argmax(dim=1)  # (B,): 1 + index of the last True
+    return torch.where(on.any(dim=1), last, 0).tolist()
 
 
 def _prompt_pass(backbone: nn.Module, prompt_ids: Tensor
