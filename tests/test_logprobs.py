@@ -105,6 +105,15 @@ def test_prompt_chunks_never_mix_prompts():
     assert prompt_chunks(b, torch.arange(0), 8) == []
 
 
+def backbone_input_shapes(model):
+    """-> (a list that records the shape of every backbone call's input_ids, its hook)."""
+    shapes = []
+    hook = model.model.register_forward_pre_hook(
+        lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)),
+        with_kwargs=True)
+    return shapes, hook
+
+
 def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
     """Values, gradients and entropy of a group's micro-batch with its prompt run once equal
     the plain forward's; the backbone then sees the prompt once (1 row), not per sample."""
@@ -114,10 +123,7 @@ def test_shared_prompt_forward_equals_the_per_row_forward(tiny_llama):
     results = {}
     for share in (False, True):
         tiny_llama.zero_grad()
-        rows_seen = []
-        hook = tiny_llama.model.register_forward_pre_hook(
-            lambda module, args, kwargs: rows_seen.append(tuple(kwargs["input_ids"].shape)),
-            with_kwargs=True)
+        rows_seen, hook = backbone_input_shapes(tiny_llama)
         total, ents = 0.0, []
         for idx in prompt_chunks(b, torch.arange(6), 8):
             mb = b.rows(idx)
@@ -151,10 +157,7 @@ def test_completion_pass_runs_rows_of_similar_length_together(tiny_llama):
     results = {}
     for share in (False, True):
         tiny_llama.zero_grad()
-        rows_seen = []
-        hook = tiny_llama.model.register_forward_pre_hook(
-            lambda module, args, kwargs: rows_seen.append(tuple(kwargs["input_ids"].shape)),
-            with_kwargs=True)
+        rows_seen, hook = backbone_input_shapes(tiny_llama)
         logp = token_logprobs(tiny_llama, b.input_ids, b.attention_mask, b.completion_mask,
                               share_prompt=share)
         hook.remove()
