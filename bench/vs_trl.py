@@ -95,20 +95,22 @@ def ours(root: Path, steps: int, loss: str, model: str) -> dict:
     run = run_child([str(BIN / "grpo"), "train", "--no-eval"], root, env, log=root / "train.log")
     if run["rc"]:
         sys.exit(f"grpo train failed: see {root / 'train.log'}")
-    check_trained_on(root / "rollouts", "{name}/{split}/".format(**TRAIN_SET))
+    check_trained_on(root / "rollouts", steps + 1, "{name}/{split}/".format(**TRAIN_SET))
     with open(root / "metrics" / "train_history.csv") as f:
         times = [float(r["time/iteration_s"]) for r in csv.DictReader(f)]
     return {**run, "step_seconds": wall_periods(root), "iteration_seconds": times[1:],
             "warmup_seconds": times[0]}
 
 
-def check_trained_on(rollouts: Path, prefix: str) -> None:
-    """Stop unless every rollout prompt of our run came from TRL's dataset: a comparison on
-    other prompts (shorter, with shorter answers) measures something else."""
+def check_trained_on(rollouts: Path, iterations: int, prefix: str) -> None:
+    """Stop unless every rollout prompt of our run's iterations came from TRL's dataset: a
+    comparison on other prompts (shorter, with shorter answers) measures something else."""
     import pandas as pd
 
-    ids = pd.concat([pd.read_parquet(f, columns=["prompt_id"])
-                     for f in sorted(rollouts.glob("iter_*.parquet"))])["prompt_id"]
+    from grpo_core.rollout.records import records_path
+
+    ids = pd.concat([pd.read_parquet(records_path(rollouts, i), columns=["prompt_id"])
+                     for i in range(1, iterations + 1)])["prompt_id"]
     other = ids[~ids.str.startswith(prefix)]
     if len(other):
         sys.exit(f"our side trained on {other.iloc[0]!r}, not on {prefix}*: the two sides "

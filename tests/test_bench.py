@@ -173,14 +173,16 @@ def test_vs_trl_sides_train_on_one_dataset(tmp_path):
     train = load_config(path).data.train
     assert [(d.name, d.split) for d in train] == [("gsm8k", "train")]
     assert [(d.name, d.split) for d in load_config(None).data.train] != [("gsm8k", "train")]
+    from grpo_core.rollout.records import records_path
+
     rollouts = tmp_path / "rollouts"
     rollouts.mkdir()
     pd.DataFrame({"prompt_id": ["gsm8k/train/3", "gsm8k/train/9"]}).to_parquet(
-        rollouts / "iter_00001.parquet")
-    vs_trl.check_trained_on(rollouts, "gsm8k/train/")
-    pd.DataFrame({"prompt_id": ["arithmetic/train/637"]}).to_parquet(rollouts / "iter_00002.parquet")
+        records_path(rollouts, 1))
+    vs_trl.check_trained_on(rollouts, 1, "gsm8k/train/")
+    pd.DataFrame({"prompt_id": ["arithmetic/train/637"]}).to_parquet(records_path(rollouts, 2))
     with pytest.raises(SystemExit, match="trained on 'arithmetic/train/637', not on gsm8k/train/"):
-        vs_trl.check_trained_on(rollouts, "gsm8k/train/")
+        vs_trl.check_trained_on(rollouts, 2, "gsm8k/train/")
 
 
 def test_saved_tensors_counts_weight_casts_only_under_autocast(tiny_llama_factory):
