@@ -104,7 +104,7 @@ SCHEDULES: dict[str, Callable[[float], float]] = {
 def _can_fuse(params: list[torch.nn.Parameter]) -> bool:
     from torch.distributed.tensor import DTensor
 
-    return bool(params) and not any(isinstance(p, DTensor) for p in params)
+    return not any(isinstance(p, DTensor) for p in params)
 
 
 def make_optimizer(params: Iterable[torch.nn.Parameter], hyper: UpdateHyper):
