@@ -158,15 +158,17 @@ def test_run_all_only_keeps_the_other_summary_entries(tmp_path, monkeypatch):
     assert run_all.merged({"vs_trl": {"rc": 0}}, quick=True) == {"vs_trl": {"rc": 0}}
 
 
-def test_vs_trl_sides_train_on_one_dataset(tmp_path):
+def test_vs_trl_sides_train_on_one_dataset(tmp_path, monkeypatch):
     """Our side's params, read by the product's own loader, train on the split TRL reads
     (the product's default training set is another); a run that drew other prompts stops
-    the benchmark with the prompt it found."""
+    the benchmark with the prompt it found. No data is read: a data folder is enough."""
     import pandas as pd
     import yaml
 
     from grpo_core.config import load_config
 
+    (tmp_path / "gsm8k").mkdir()
+    monkeypatch.setenv("GRPO_DATA_DIR", str(tmp_path))
     vs_trl = _load("vs_trl")
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(vs_trl.our_params(tmp_path, 3, "token_mean", "sft")))
