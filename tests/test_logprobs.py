@@ -254,3 +254,62 @@ def test_checkpointed_shared_prompt_keeps_no_weight_casts(tiny_llama_factory):
                                   share_prompt=share)
         logp.sum().backward()
         assert sum(saved) < layer_cast_bytes / 4, (share, sum(saved), layer_cast_bytes)
+
+
+class _Wrapped(torch.nn.Module):
+    """A head that is not a plain linear layer: called as it is, so autocast casts its weight."""
+
+    def __init__(self, inner: torch.nn.Linear):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, hidden):
+        return self.inner(hidden)
+
+
+def _head_casts_and_grads(model, mb, grad: bool):
+    """Casts of the LM head's `(V, H)` weight to bfloat16 in one call (and its replays in
+    backward), the log-probs and the gradients."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shape = tuple(model.get_input_embeddings().weight.shape)  # tied: the head's weight
+    casts = []
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and tuple(out.shape) == shape \
+                    and out.dtype == torch.bfloat16:  # not the gradient's cast back to float32
+                casts.append(out.dtype)
+            return out
+
+    model.zero_grad(set_to_none=True)
+    with Count(), torch.set_grad_enabled(grad):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp = token_logprobs(model, mb.input_ids, mb.attention_mask, mb.completion_mask,
+                                  chunk_tokens=2, share_prompt=True)
+        if grad:
+            (logp * torch.linspace(-1, 1, logp.numel()).reshape(logp.shape)).sum().backward()
+    return casts, logp.detach(), [p.grad for p in model.parameters()]
+
+
+def test_lm_head_weight_is_cast_once_per_call(tiny_llama_factory):
+    """Under bfloat16 autocast the LM head's weight is cast once per call, not once per chunk
+    and again per chunk replayed in backward, and the log-probs and gradients are exactly those
+    of autocast casting it at every chunk (the head wrapped, so it is called as it is).
+    Without gradients the model is frozen, as the reference is: autocast caches its casts only
+    for weights that require grad."""
+    mb = group_batch()
+    mb = mb.rows(torch.arange(3))  # one group: 9 completion tokens, 5 chunks of 2
+    for grad in (False, True):
+        model = tiny_llama_factory().requires_grad_(grad)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        casts, logp, grads = _head_casts_and_grads(model, mb, grad)
+        assert casts == [torch.bfloat16], (grad, casts)
+        model.lm_head = _Wrapped(model.lm_head)
+        casts_per_chunk, want_logp, want_grads = _head_casts_and_grads(model, mb, grad)
+        assert len(casts_per_chunk) > 1  # the check can tell one cast from many
+        assert torch.equal(logp, want_logp)
+        for got, want in zip(grads, want_grads):
+            assert (got is None and want is None) or torch.equal(got, want)

@@ -19,7 +19,7 @@ Position ids are derived from the attention mask: left padding must not shift po
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +43,25 @@ def _head_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, Optional[float]
     return backbone, head, cap
 
 
-def _chunk_logp(hidden: Tensor, targets: Tensor, head: nn.Module, temperature: float,
-                cap: Optional[float], with_entropy: bool) -> tuple[Tensor, Tensor]:
+def _cast_head(head: nn.Module, device_type: str) -> Callable[[Tensor], Tensor]:
+    """The LM head as a function of the hidden states, its weight cast to the autocast dtype
+    once. Autocast would cast it on every call: once per chunk without gradients, and once per
+    chunk again when a checkpointed chunk replays in backward (the cast it caches lives only as
+    long as the forward's autocast context). The vocabulary-wide weight is the largest in a
+    small model: 49152 x 576 for SmolLM2-135M, tens of milliseconds a cast on 2 cores. With
+    gradients the cast stays in the graph, so the weight's gradient is what autocast gives.
+    Any head other than a plain linear layer (a LoRA-wrapped one, say) is called as it is."""
+    if type(head) is not nn.Linear or not torch.is_autocast_enabled(device_type):
+        return head
+    dtype = torch.get_autocast_dtype(device_type)
+    weight = head.weight.to(dtype)
+    bias = None if head.bias is None else head.bias.to(dtype)
+    return lambda hidden: nn.functional.linear(hidden.to(dtype), weight, bias)
+
+
+def _chunk_logp(hidden: Tensor, targets: Tensor, head: Callable[[Tensor], Tensor],
+                temperature: float, cap: Optional[float],
+                with_entropy: bool) -> tuple[Tensor, Tensor]:
     """hidden `(N, H)`, targets `(N,)` -> logp `(N,)` float32, entropy `(N,)` (or empty)."""
     logits = head(hidden).float()  # (N, V): float32 for an accurate logsumexp
     if cap:
@@ -88,6 +105,7 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     picked = hidden[on]  # (N, H), only real completion tokens
     targets = input_ids[:, length - t:][on]  # (N,)
     logp_parts, ent_parts = [], []
+    head = _cast_head(head, picked.device.type)
     use_ckpt = torch.is_grad_enabled() and picked.requires_grad
     for start in range(0, picked.shape[0], chunk_tokens):
         args = (picked[start:start + chunk_tokens], targets[start:start + chunk_tokens], head,
