@@ -165,9 +165,11 @@ def test_two_ranks_take_the_single_process_step(two_ranks, name):
     params, grads, metrics = run_case(settings, groups)
     # Adam divides by sqrt(v): where a gradient is near zero, summation-order rounding (two
     # ranks' partial sums vs one) moves the step by a fraction of the learning rate. On an
-    # AVX512 EPYC the GSPO case (lr 3e-2, mu 3) differed by 1.2e-5 in 2 of 8192 weights.
+    # AVX512 EPYC the GSPO case (lr 3e-2, mu 3) differed by 1.2e-5 in 2 of 8192 weights; with
+    # the compiled LM-head log-softmax (train.fused_logprobs), whose reductions are split by
+    # the chunk's row count, by 3.6e-5 in 1.
     lr = {**BASE, **settings}["learning_rate"]
-    atol = max(1e-5, 1e-3 * lr)
+    atol = max(1e-5, 2e-3 * lr)
     for r in range(WORLD):
         p2, g2, m2 = two_ranks[r][name]
         for key, value in params.items():

@@ -313,3 +313,25 @@ def test_lm_head_weight_is_cast_once_per_call(tiny_llama_factory):
         assert torch.equal(logp, want_logp)
         for got, want in zip(grads, want_grads):
             assert (got is None and want is None) or torch.equal(got, want)
+
+
+def test_fused_head_equals_the_eager_one_under_autocast(tiny_llama_factory):
+    """`fused` (the head's log-softmax compiled) gives the eager log-probs and gradients, in
+    the update's setting: bfloat16 autocast, checkpointed chunks, the shared prompt."""
+    mb = group_batch()
+    mb = mb.rows(torch.arange(3))
+    results = []
+    for fused in (False, True):
+        model = tiny_llama_factory()
+        model.train()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logp, entropy = token_logprobs(model, mb.input_ids, mb.attention_mask,
+                                           mb.completion_mask, temperature=0.7, chunk_tokens=4,
+                                           with_entropy=True, share_prompt=True, fused=fused)
+        (logp * torch.linspace(-1, 1, logp.numel()).reshape(logp.shape)).sum().backward()
+        results.append((logp.detach(), entropy, [p.grad for p in model.parameters()]))
+    (lp0, ent0, grads0), (lp1, ent1, grads1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ent1, ent0, atol=1e-4, rtol=1e-4)
+    for got, want in zip(grads1, grads0):
+        torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-3)

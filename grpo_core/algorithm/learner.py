@@ -163,7 +163,8 @@ class Learner:
                 logp, entropy = self.policy_scorer(mb.input_ids, mb.attention_mask, mb_mask,
                                                    temperature=h.temperature, with_entropy=True,
                                                    chunk_tokens=h.chunk_tokens,
-                                                   share_prompt=self.share_prompt)
+                                                   share_prompt=self.share_prompt,
+                                                   fused=h.fused_logprobs)
             if epoch == 0:  # the policy has not moved yet: these are pi_old's log-probs
                 state["old"][idx, :w] = logp.detach()
                 if h.tis_cap and mb.sampler_logp is not None:
@@ -207,7 +208,8 @@ class Learner:
                 w = mb.completion_len
                 out[idx, :w] = self.reference.logprobs(mb, mask[idx][:, :w],
                                                        temperature=self.hyper.temperature,
-                                                       share_prompt=self.share_prompt)
+                                                       share_prompt=self.share_prompt,
+                                                       fused=self.hyper.fused_logprobs)
         self.plan.idle_passes(self.reference.scorer, self.passes - len(chunks), backward=False)
         return out
 

@@ -26,6 +26,8 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 from transformers.cache_utils import DynamicCache
 
+from grpo_core.algorithm.head_stats import Stats, head_stats
+
 DEFAULT_CHUNK_TOKENS = 256  # (256, V) float32 logits: 50 MB at V = 49k
 
 
@@ -60,28 +62,17 @@ def _cast_head(head: nn.Module, device_type: str) -> Callable[[Tensor], Tensor]:
 
 
 def _chunk_logp(hidden: Tensor, targets: Tensor, head: Callable[[Tensor], Tensor],
-                temperature: float, cap: Optional[float],
+                stats: Stats, temperature: float, cap: Optional[float],
                 with_entropy: bool) -> tuple[Tensor, Tensor]:
     """hidden `(N, H)`, targets `(N,)` -> logp `(N,)` float32, entropy `(N,)` (or empty)."""
-    logits = head(hidden).float()  # (N, V): float32 for an accurate logsumexp
-    if cap:
-        logits = torch.tanh(logits / cap) * cap
-    if temperature != 1.0:  # skip a (N, V) copy in the common case
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)  # (N,)
-    logp = logits.gather(1, targets.unsqueeze(1)).squeeze(1) - lse
-    if not with_entropy:
-        return logp, logp.new_zeros(0)
-    with torch.no_grad():  # entropy is a metric, never differentiated
-        probs = torch.softmax(logits, dim=-1)
-        entropy = lse - (probs * logits).sum(dim=-1)
-    return logp, entropy
+    return stats(head(hidden), targets, temperature, cap, with_entropy)
 
 
 def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
                    completion_mask: Tensor, *, temperature: float = 1.0,
                    with_entropy: bool = False, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                   share_prompt: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                   share_prompt: bool = False,
+                   fused: bool = False) -> Tensor | tuple[Tensor, Tensor]:
     """log pi(o_t | q, o_<t) for the completion tokens.
 
     input_ids, attention_mask: `(B, L)`; completion_mask: `(B, T)`, aligned with the last T
@@ -89,6 +80,7 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     `with_entropy` also the per-token entropy `(B, T)` (detached, 0 where masked).
     Differentiable when grad is enabled. `share_prompt`: when every row has the same unpadded
     prompt (a micro-batch from one group), run the prompt once (`_shared_prompt_hidden`).
+    `fused`: the head's log-softmax compiled (`grpo_core.algorithm.head_stats`).
     """
     b, length = input_ids.shape
     t = completion_mask.shape[1]
@@ -106,10 +98,11 @@ def token_logprobs(model: nn.Module, input_ids: Tensor, attention_mask: Tensor,
     targets = input_ids[:, length - t:][on]  # (N,)
     logp_parts, ent_parts = [], []
     head = _cast_head(head, picked.device.type)
+    stats = head_stats(picked.device.type, fused)
     use_ckpt = torch.is_grad_enabled() and picked.requires_grad
     for start in range(0, picked.shape[0], chunk_tokens):
         args = (picked[start:start + chunk_tokens], targets[start:start + chunk_tokens], head,
-                temperature, cap, with_entropy)
+                stats, temperature, cap, with_entropy)
         if use_ckpt:  # keep only the chunk's hidden states; recompute logits in backward
             lp, ent = checkpoint(_chunk_logp, *args, use_reentrant=False)
         else:

@@ -51,6 +51,7 @@ class UpdateHyper:
     gradient_checkpointing: bool = _TRAIN.gradient_checkpointing
     data_parallel: str = _TRAIN.data_parallel  # under torchrun (grpo_core.parallel.plan)
     shared_prompt_forward: bool = _TRAIN.shared_prompt_forward
+    fused_logprobs: bool = _TRAIN.fused_logprobs
     lora_enabled: bool = _LORA.enabled
     lora_r: int = _LORA.r
     lora_alpha: int = _LORA.alpha

@@ -40,11 +40,11 @@ class Reference:
     scorer: nn.Module
 
     def logprobs(self, mb: RolloutBatch, mask: Tensor, *, temperature: float,
-                 share_prompt: bool) -> Tensor:
+                 share_prompt: bool, fused: bool = False) -> Tensor:
         """`(b, w)` log-probs of a micro-batch's completion tokens under the reference
         (`mask`: its `(b, w)` loss mask). Call it under no_grad and the policy's autocast."""
         return self.scorer(mb.input_ids, mb.attention_mask, mask, temperature=temperature,
-                           share_prompt=share_prompt)
+                           share_prompt=share_prompt, fused=fused)
 
     def refresh(self, policy: nn.Module) -> None:
         """Copy the current policy into the reference (iterative GRPO)."""

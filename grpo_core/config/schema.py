@@ -240,6 +240,10 @@ class TrainConfig(Section):
     # completions cost one prompt forward/backward instead of G (off under fsdp2, which
     # needs the plain forward; works with gradient checkpointing)
     shared_prompt_forward: bool = True
+    # the LM head's log-softmax through torch.compile (grpo_core.algorithm.head_stats): fused
+    # passes over the (tokens, vocabulary) logits, a few seconds of compiling per process;
+    # eager where no compiler is found
+    fused_logprobs: bool = True
     checkpoint_every: int = Field(default=10, ge=1)
     # the resume state (model, Adam, RNG: ~12 bytes a parameter) every K iterations and at the
     # end; a kill loses at most K - 1 iterations (a save costs a noticeable share of an
