@@ -5,10 +5,10 @@ Eager, this is a float32 copy of the logits, the temperature's multiply and logs
 subtract, exp and sum: six passes over `(N, V)` forward, about as many again in backward, and
 the entropy's softmax. With `fused`, `torch.compile` (Inductor: C++ on CPU, Triton on GPU)
 fuses them into a few reads of the logits forward and one read and one write backward. Either
-way the logsumexp is accumulated in float32. On SmolLM2-135M (V = 49152) on 2 cores it is
-about a tenth of an update step (docs/benchmarks.md, Update step). Compiling costs a few
-seconds once per process; where no compiler is found the eager version runs, with one line
-that says so.
+way the logsumexp is accumulated in float32. For SmolLM2-135M (V = 49152) on 2 cores one
+chunk of 256 tokens, forward and backward with the head's matrix products, took 294 ms eager
+and 177 ms compiled (docs/benchmarks.md, Update step). Compiling costs about 5 s once per
+process; where no compiler is found the eager version runs, with one line that says so.
 """
 
 from __future__ import annotations
