@@ -28,9 +28,12 @@ from tests.conftest import tiny_llama_config
 P, G, WORLD = 4, 3, 2
 REPO = Path(__file__).resolve().parents[1]
 
-# name -> (update settings, ranks that hold no rows). Every case has mu > 1 and beta > 0.
+# the cases' own settings, not the product's defaults; the LM head's log-softmax eager: the
+# compiled one (tests/test_head_stats.py) may round by the chunk's row count, which differs
+# between one process and two ranks, and this compares the parallelism plans alone
 BASE = dict(autocast="float32", learning_rate=1e-4, max_grad_norm=1e9, micro_batch_size=4,
-            mu=2, beta=0.05, temperature=1.0)  # the cases' own settings, not the product's defaults
+            mu=2, beta=0.05, temperature=1.0, fused_logprobs=False)
+# name -> (update settings, ranks that hold no rows). Every case has mu > 1 and beta > 0.
 CASES = {
     "token_mean": (dict(loss_aggregation="token_mean"), ()),
     "seq_mean_token_mean": (dict(loss_aggregation="seq_mean_token_mean"), ()),
@@ -165,11 +168,9 @@ def test_two_ranks_take_the_single_process_step(two_ranks, name):
     params, grads, metrics = run_case(settings, groups)
     # Adam divides by sqrt(v): where a gradient is near zero, summation-order rounding (two
     # ranks' partial sums vs one) moves the step by a fraction of the learning rate. On an
-    # AVX512 EPYC the GSPO case (lr 3e-2, mu 3) differed by 1.2e-5 in 2 of 8192 weights; with
-    # the compiled LM-head log-softmax (train.fused_logprobs), whose reductions are split by
-    # the chunk's row count, by 3.6e-5 in 1.
+    # AVX512 EPYC the GSPO case (lr 3e-2, mu 3) differed by 1.2e-5 in 2 of 8192 weights.
     lr = {**BASE, **settings}["learning_rate"]
-    atol = max(1e-5, 2e-3 * lr)
+    atol = max(1e-5, 1e-3 * lr)
     for r in range(WORLD):
         p2, g2, m2 = two_ranks[r][name]
         for key, value in params.items():
